@@ -1,0 +1,214 @@
+"""The console command table: parse a line, validate, dispatch, format the reply.
+
+Both consoles (stdio and telnet) drive one :class:`CommandTable`. ``execute``
+always fires with text: the reply, or exactly one ``error: ...`` line; it never
+fails, so a bad command can never kill a console.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Callable, Dict, List, Optional
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from mbt.errors import MbtError, UsageError
+
+log = Logger(namespace="mbt.commands")
+
+
+class Command:
+    """One console command: name, argument names, summary, handler."""
+
+    def __init__(self, name: str, args: List[str], summary: str, handler: Optional[Callable]) -> None:
+        self.name, self.args, self.summary, self.handler = name, args, summary, handler
+
+    @property
+    def usage(self) -> str:
+        return " ".join([self.name] + ["<%s>" % a for a in self.args])
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return "%.1f %s" % (n / scale, unit)
+    return "%d B" % n
+
+
+def _plural(n: int, word: str) -> str:
+    return "%d %s%s" % (n, word, "" if n == 1 else "s")
+
+
+class CommandTable:
+    """Every console command of a peer, bound to a :class:`~mbt.peer.node.PeerNode`."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+        spec = [
+            ("create_user", ["user_id", "passwd"], "create an account on the tracker"),
+            ("login", ["user_id", "passwd"], "log in; resumes sharing your files"),
+            ("logout", [], "stop sharing everything until the next login"),
+            ("create_group", ["group_id"], "create a group; you become its owner"),
+            ("list_groups", [], "list every group: id, owner, member count"),
+            ("join_group", ["group_id"], "ask the owner to let you into a group"),
+            ("leave_group", ["group_id"], "leave a group (and stop sharing in it)"),
+            ("list_requests", ["group_id"], "pending join requests (owner only)"),
+            ("accept_request", ["group_id", "user_id"], "let a user into your group"),
+            ("reject_request", ["group_id", "user_id"], "turn down a join request"),
+            ("list_files", ["group_id"], "files of a group: name, size, peers sharing it now"),
+            ("upload_file", ["file_path", "group_id"], "share a file in a group"),
+            ("download_file", ["group_id", "file_name", "destination_path"],
+             "download a file in the background"),
+            ("show_downloads", [], "progress of your downloads"),
+            ("stop_share", ["group_id", "file_name"], "stop sharing one file"),
+            ("help", ["command"], "list commands, or show one command's usage"),
+            ("quit", [], "stop this console (the stdio client stops the peer)"),
+        ]
+        self.commands: Dict[str, Command] = {}
+        for name, args, summary in spec:
+            self.commands[name] = Command(name, args, summary, getattr(self, "cmd_" + name, None))
+
+    # -- the backend interface used by the consoles --------------------------
+
+    def subscribe(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Asynchronous notices from the peer."""
+        return self.node.subscribe(listener)
+
+    def execute(self, line: str) -> defer.Deferred:
+        """Run one command line; fires with the reply text (never fails)."""
+        d = defer.maybeDeferred(self._dispatch, line)
+        d.addErrback(self._format_failure, line)
+        return d
+
+    def _format_failure(self, failure, line: str) -> str:
+        if failure.check(MbtError):
+            return failure.value.console_line()
+        word = line.split()[0] if line.split() else ""
+        log.failure("command {cmd} failed", failure, cmd=word)   # never the arguments: passwords
+        return "error: internal error in %s (%s); see the peer's log" % (word, failure.type.__name__)
+
+    def _dispatch(self, line: str):
+        try:
+            words = shlex.split(line)
+        except ValueError as e:
+            raise UsageError("cannot parse the line: %s" % e)
+        if not words:
+            return ""
+        name, args = words[0], words[1:]
+        cmd = self.commands.get(name)
+        if cmd is None:
+            raise UsageError("unknown command %r; type help for the list" % name[:40])
+        if name == "help":
+            if len(args) > 1:
+                raise UsageError("usage: help [command]")
+        elif len(args) != len(cmd.args):
+            raise UsageError("usage: %s" % cmd.usage)
+        if cmd.handler is None:
+            raise UsageError("%s is handled by the console itself" % name)
+        return cmd.handler(*args)
+
+    # -- commands ------------------------------------------------------------
+
+    def cmd_help(self, command: Optional[str] = None) -> str:
+        if command is not None:
+            cmd = self.commands.get(command)
+            if cmd is None:
+                raise UsageError("no command %r; type help for the list" % command[:40])
+            usage = "help [command]" if cmd.name == "help" else cmd.usage
+            return "usage: %s\n  %s" % (usage, cmd.summary)
+        width = max(len(c.usage) for c in self.commands.values())
+        lines = ["commands:"]
+        for c in self.commands.values():
+            usage = "help [command]" if c.name == "help" else c.usage
+            lines.append("  %-*s  %s" % (width, usage, c.summary))
+        return "\n".join(lines)
+
+    def cmd_create_user(self, user: str, password: str):
+        return self.node.create_user(user, password).addCallback(
+            lambda r: "user %s created; now login %s <passwd>" % (user, user))
+
+    def cmd_login(self, user: str, password: str):
+        def done(r):
+            lines = ["logged in as %s; sharing %s" % (user, _plural(r["shares"], "file"))]
+            if r["resumed"]:
+                lines.append("resumed %s" % _plural(r["resumed"], "download"))
+            lines.extend(r["warnings"])
+            return "\n".join(lines)
+        return self.node.login(user, password).addCallback(done)
+
+    def cmd_logout(self):
+        return self.node.logout().addCallback(
+            lambda r: "logged out %s; stopped sharing %s until the next login"
+            % (r["user"], _plural(r["shares"], "file")))
+
+    def cmd_create_group(self, group: str):
+        return self.node.create_group(group).addCallback(
+            lambda r: "group %s created; you are its owner" % group)
+
+    def cmd_list_groups(self):
+        def fmt(r):
+            groups = r.get("groups", [])
+            if not groups:
+                return "(no groups)"
+            return "\n".join("%s  owner %s  %s" % (g["group"], g["owner"], _plural(g["members"], "member"))
+                             for g in groups)
+        return self.node.list_groups().addCallback(fmt)
+
+    def cmd_join_group(self, group: str):
+        return self.node.join_group(group).addCallback(
+            lambda r: "asked to join %s; waiting for its owner %s to accept" % (group, r.get("owner")))
+
+    def cmd_leave_group(self, group: str):
+        def fmt(r):
+            if r.get("withdrawn"):
+                return "withdrew your request to join %s" % group
+            if r.get("deleted"):
+                return "left group %s; it had no members left and was deleted" % group
+            return "left group %s (owner now %s)" % (group, r.get("owner"))
+        return self.node.leave_group(group).addCallback(fmt)
+
+    def cmd_list_requests(self, group: str):
+        def fmt(r):
+            reqs = r.get("requests", [])
+            return "\n".join(reqs) if reqs else "(no pending requests)"
+        return self.node.list_requests(group).addCallback(fmt)
+
+    def cmd_accept_request(self, group: str, user: str):
+        return self.node.accept_request(group, user).addCallback(
+            lambda r: "%s is now a member of %s" % (user, group))
+
+    def cmd_reject_request(self, group: str, user: str):
+        return self.node.reject_request(group, user).addCallback(
+            lambda r: "rejected %s's request to join %s" % (user, group))
+
+    def cmd_list_files(self, group: str):
+        def fmt(r):
+            files = r.get("files", [])
+            if not files:
+                return "(no files shared in %s)" % group
+            return "\n".join("%s  %d bytes (%s)  %s  %s" % (
+                f["name"], f["size"], _size(f["size"]), _plural(f["pieces"], "piece"),
+                _plural(f["peers"], "peer")) for f in files)
+        return self.node.list_files(group).addCallback(fmt)
+
+    def cmd_upload_file(self, path: str, group: str):
+        def fmt(r):
+            speed = ""
+            if r["size"] >= (64 << 20) and r["seconds"] > 0:
+                speed = ", hashed at %.0f MB/s" % (r["size"] / r["seconds"] / 1e6)
+            return "shared %s in %s: %d bytes (%s), %s%s" % (
+                r["name"], r["group"], r["size"], _size(r["size"]), _plural(r["pieces"], "piece"), speed)
+        return self.node.upload_file(path, group).addCallback(fmt)
+
+    def cmd_download_file(self, group: str, name: str, dest: str):
+        return self.node.download_file(group, name, dest).addCallback(
+            lambda r: "downloading %s into %s" % (r["name"], r["dest"]))
+
+    def cmd_show_downloads(self):
+        lines = self.node.show_downloads()
+        return "\n".join(lines) if lines else "(no downloads)"
+
+    def cmd_stop_share(self, group: str, name: str):
+        return self.node.stop_share(group, name).addCallback(
+            lambda r: "stopped sharing %s in %s" % (name, group))

@@ -1,0 +1,485 @@
+"""One download: peers, pipelined requests, verification, resume, completion.
+
+A :class:`Download` asks the tracker who shares the file, connects to several
+of those peers at once, and lets the :class:`~mbt.peer.picker.PiecePicker`
+decide which block to ask of which peer. Blocks are assembled in a per-piece
+buffer (memory bounded by the pieces in flight, never by the file size); a
+complete piece is hashed and written to ``DEST.part`` in a worker thread. Each
+verified piece is at once servable to other members (see
+:class:`~mbt.peer.serving.Servable`). When every piece is in, the whole file is
+hashed and only then renamed to the destination, never over an existing file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Callable, Dict, Optional, Set
+
+from twisted.internet import defer, endpoints, protocol, threads
+from twisted.logger import Logger
+
+from mbt.errors import MbtError
+from mbt.manifest import Manifest
+from mbt.peer.picker import BlockRequest, PiecePicker
+from mbt.peer.serving import Servable
+from mbt.peer.shares import DownloadRecord
+from mbt.peer.storage import PieceFile
+from mbt.protocols.peer import PROTOCOL_VERSION, PeerClientProtocol
+from mbt.trackerinfo import parse_address
+
+log = Logger(namespace="mbt.peer.download")
+
+#: Blocks outstanding per peer (pipelining): 16 x 128 KiB = 2 MiB in flight.
+PIPELINE_DEPTH = 16
+#: Peers one download connects to at once.
+MAX_PEERS = 8
+#: How often the tracker is asked again for peers (seconds), and when starved.
+REFRESH_INTERVAL = 15.0
+STARVED_REFRESH_INTERVAL = 2.0
+#: A download with no usable peer for this long fails (it can be started again).
+NO_PEER_LIMIT = 600.0
+#: A download whose every known peer is banned fails after this long.
+ALL_BANNED_LIMIT = 30.0
+#: Progress is saved at most this often (seconds).
+SAVE_INTERVAL = 2.0
+
+
+class _ClientFactory(protocol.Factory):
+    def __init__(self, build: Callable[[], PeerClientProtocol]) -> None:
+        self.build = build
+
+    def buildProtocol(self, addr):
+        return self.build()
+
+
+class Download:
+    """One file being downloaded into ``record.dest``."""
+
+    def __init__(self, node, record: DownloadRecord, reactor, rng: Optional[random.Random] = None) -> None:
+        self.node = node
+        self.record = record
+        self.reactor = reactor
+        self.rng = rng or random.Random()
+        self.manifest = Manifest.from_dict(record.manifest)
+        self.status = record.status
+        self.reason = record.reason
+        self.have: Set[int] = set()
+        self.picker: Optional[PiecePicker] = None
+        self.piece_file: Optional[PieceFile] = None
+        self.servable: Optional[Servable] = None
+        self.conns: Dict[str, PeerClientProtocol] = {}
+        self.connecting: Set[str] = set()
+        self.banned_addresses: Set[str] = set()
+        self.known_peers: Dict[str, str] = {}    # address -> user
+        self.buffers: Dict[int, bytearray] = {}
+        self.verifying: Set[int] = set()
+        self.running = False
+        self.started_at = None
+        self.last_peer_time = None
+        self.all_banned_since = None
+        self.note = ""
+        self._ticker = None
+        self._last_refresh = -1e9
+        self._refreshing = False
+        self._last_save = 0.0
+        self._dirty = False
+        self._rate_bytes = 0
+        self._rate_window = []
+        self.rate = 0.0
+        self.registered = False
+
+    # -- status --------------------------------------------------------------
+
+    @property
+    def key(self):
+        return self.record.key
+
+    def now(self) -> float:
+        return self.reactor.seconds()
+
+    def percent(self) -> float:
+        """Verified share of the file, 0-100."""
+        if not self.manifest.size:
+            return 100.0 if self.status == "C" else 0.0
+        done = sum(self.manifest.piece_length(i) for i in self.have)
+        return 100.0 * done / self.manifest.size
+
+    def status_line(self) -> str:
+        """One ``show_downloads`` line."""
+        head = "[%s] [%s] %s" % (self.status, self.record.group, self.record.name)
+        if self.status == "C":
+            return head
+        if self.status == "F":
+            return "%s  %s" % (head, self.reason)
+        peers = sum(1 for c in self.conns.values() if c.ready)
+        line = "%s  %d%% %s %d peer%s" % (head, int(self.percent()), _rate(self.rate), peers,
+                                         "" if peers == 1 else "s")
+        if not self.running:
+            line += "  (paused until login)"
+        elif self.note:
+            line += "  (%s)" % self.note
+        return line
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def start(self):
+        """Open or resume the ``.part`` file, then fetch pieces in the background."""
+        if self.running or self.status != "D":
+            return
+        self.running = True
+        self.started_at = self.last_peer_time = self.now()
+        if self.piece_file is None:
+            try:
+                self.piece_file = PieceFile(self.record.part_path, self.manifest, writable=True)
+            except OSError as e:
+                self.fail("cannot write %s: %s" % (self.record.part_path, e.strerror or e))
+                return
+            # Resume: trust nothing on disk until it hashes right again.
+            if self.record.have:
+                good = yield threads.deferToThread(self.piece_file.verify_existing, list(self.record.have))
+                self.have.update(good)
+                if not self.running:
+                    return
+            self.picker = PiecePicker(self.manifest.size, have=self.have, rng=self.rng)
+            self.servable = Servable(self.record.group, self.manifest, self.piece_file, self.have)
+            self.node.register_servable(self.servable)
+        if self.have:
+            self._register_with_tracker()
+        if self.picker.done:
+            self._finish()
+            return
+        self._ticker = self.reactor.callLater(0, self._tick)
+
+    def pause(self) -> None:
+        """Stop fetching (logout, quit); progress is kept for the next start."""
+        if not self.running:
+            return
+        self.running = False
+        self._stop_activity()
+        self._save(force=True)
+
+    def _stop_activity(self) -> None:
+        if self._ticker is not None and self._ticker.active():
+            self._ticker.cancel()
+        self._ticker = None
+        for conn in list(self.conns.values()):
+            if conn.transport is not None:
+                conn.transport.loseConnection()
+
+    def fail(self, reason: str) -> None:
+        """End as failed: nothing at the destination, the ``.part`` file removed."""
+        if self.status != "D":
+            return
+        log.warn("download of {name} failed: {reason}", name=self.record.name, reason=reason)
+        self.status, self.reason = "F", reason
+        self.running = False
+        self._stop_activity()
+        self._close_storage(remove_part=True)
+        self.record.status, self.record.reason, self.record.have = "F", reason, []
+        self.node.download_ended(self)
+
+    def _close_storage(self, remove_part: bool) -> None:
+        if self.servable is not None:
+            self.node.unregister_servable(self.servable)
+        if self.piece_file is not None:
+            self.piece_file.close()
+            self.piece_file = None
+        if remove_part:
+            try:
+                os.unlink(self.record.part_path)
+            except OSError:
+                pass
+
+    # -- peers ---------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self._ticker = None
+        if not self.running:
+            return
+        now = self.now()
+        for peer, req in self.picker.expire(now):
+            if peer.connected:
+                peer.cancel(req.index, req.offset, req.length)
+        self._update_rate(now)
+        ready = [c for c in self.conns.values() if c.ready and not self.picker.is_banned(c)]
+        if ready:
+            self.last_peer_time = now
+            self.note = ""
+        elif now - self.last_peer_time > NO_PEER_LIMIT:
+            self.fail("no peer has shared it for %d minutes; try again later" % (NO_PEER_LIMIT // 60))
+            return
+        else:
+            waited = now - self.last_peer_time
+            if waited > 5:
+                self.note = "no peer sharing it right now; waiting %ds" % waited
+        interval = STARVED_REFRESH_INTERVAL if len(ready) < 2 else REFRESH_INTERVAL
+        if now - self._last_refresh >= interval:
+            self.refresh_peers()
+        self._check_all_banned(now)
+        if self.status != "D":
+            return
+        for conn in ready:
+            self._fill(conn)
+        self._save()
+        self._ticker = self.reactor.callLater(1.0, self._tick)
+
+    def _check_all_banned(self, now: float) -> None:
+        if self.known_peers and all(a in self.banned_addresses for a in self.known_peers):
+            if self.all_banned_since is None:
+                self.all_banned_since = now
+            elif now - self.all_banned_since > ALL_BANNED_LIMIT:
+                self.fail("every peer sharing it sent corrupt data (%d banned)" % len(self.banned_addresses))
+        else:
+            self.all_banned_since = None
+
+    def refresh_peers(self) -> None:
+        """Ask the tracker who shares the file now and connect to new peers."""
+        if self._refreshing or not self.running:
+            return
+        self._refreshing = True
+        self._last_refresh = self.now()
+        d = self.node.tracker.request("get_peers", group=self.record.group, name=self.record.name)
+
+        def got(result):
+            manifest = result.get("manifest") or {}
+            if manifest.get("file_hash") != self.manifest.file_hash:
+                self.note = "the file was replaced in the group; waiting"
+                return
+            peers = result.get("peers") or []
+            self.known_peers = {}
+            for p in peers:
+                addr = p.get("address")
+                if isinstance(addr, str) and addr != self.node.address:
+                    self.known_peers[addr] = str(p.get("user", "?"))
+            self._connect_more()
+
+        def failed(f):
+            f.trap(MbtError)
+            self.note = "tracker: %s" % f.value.message
+            if f.value.code in ("no_such_file", "not_member", "no_such_group"):
+                self.fail(f.value.message)
+
+        def done(_):
+            self._refreshing = False
+        d.addCallbacks(got, failed).addBoth(done)
+
+    def _connect_more(self) -> None:
+        candidates = [a for a in self.known_peers
+                      if a not in self.conns and a not in self.connecting and a not in self.banned_addresses]
+        self.rng.shuffle(candidates)
+        room = MAX_PEERS - len(self.conns) - len(self.connecting)
+        for address in candidates[:max(0, room)]:
+            self._connect(address)
+
+    def _connect(self, address: str) -> None:
+        try:
+            host, port = parse_address(address)
+        except ValueError:
+            return
+        self.connecting.add(address)
+        hello = ("HELLO %s %s %s %s" % (PROTOCOL_VERSION, self.record.group, self.manifest.file_hash,
+                                        self.node.user or "-")).encode("ascii")
+        ticket = self.node.ticket_for(self.record.group, self.manifest.file_hash)
+        if ticket:
+            hello += b" " + ticket.encode("ascii")
+
+        def build():
+            p = PeerClientProtocol(self, hello, self.reactor)
+            p.address = address
+            return p
+        ep = endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=5)
+        d = ep.connect(_ClientFactory(build))
+
+        def connected(p):
+            self.connecting.discard(address)
+            if not self.running:
+                p.transport.loseConnection()
+                return
+            self.conns[address] = p
+
+        def failed(f):
+            self.connecting.discard(address)
+            log.info("cannot connect to peer {a}: {why}", a=address, why=f.getErrorMessage())
+        d.addCallbacks(connected, failed)
+
+    # -- called by PeerClientProtocol ---------------------------------------
+
+    def valid_block(self, index: int, offset: int, length: int) -> bool:
+        """Is (index, offset, length) inside the file?"""
+        return (index < self.manifest.pieces and length > 0
+                and offset + length <= self.manifest.piece_length(index))
+
+    def peer_ready(self, conn: PeerClientProtocol, have: Set[int]) -> None:
+        self.picker.add_peer(conn, have)
+        self._fill(conn)
+
+    def peer_have(self, conn: PeerClientProtocol, index: int) -> None:
+        self.picker.peer_has(conn, index)
+        self._fill(conn)
+
+    def peer_choked(self, conn: PeerClientProtocol, choked: bool) -> None:
+        # A choking server REJECTs what it will not serve, and requests it drops
+        # silently time out in the picker; an unchoke lets us send requests.
+        self._fill(conn)
+
+    def peer_rejected(self, conn: PeerClientProtocol, index: int, offset: int, length: int) -> None:
+        # Not refilled at once (it would ask the same peer again); the tick does.
+        self.picker.block_rejected(conn, BlockRequest(index, offset, length))
+
+    def peer_error(self, conn: PeerClientProtocol, reason: str) -> None:
+        log.info("peer {a}: {reason}", a=conn.address, reason=reason)
+
+    def peer_lost(self, conn: PeerClientProtocol) -> None:
+        if self.conns.get(conn.address) is conn:
+            del self.conns[conn.address]
+        if self.picker is not None:
+            self.picker.remove_peer(conn)
+            if self.running:
+                for other in list(self.conns.values()):
+                    if other.ready:
+                        self._fill(other)
+
+    def block_received(self, conn: PeerClientProtocol, index: int, offset: int, data) -> None:
+        if not self.running or self.picker is None:
+            return
+        length = len(data)
+        result = self.picker.block_received(conn, index, offset, length, self.now())
+        for other, req in result.cancels:
+            if other is not conn and other.connected:
+                other.cancel(req.index, req.offset, req.length)
+        if result.accepted:
+            self._rate_bytes += length
+            buf = self.buffers.get(index)
+            if buf is None:
+                buf = self.buffers[index] = bytearray(self.manifest.piece_length(index))
+            buf[offset:offset + length] = data
+            if result.piece_complete:
+                self._verify(index)
+        self._fill(conn)
+
+    def _fill(self, conn: PeerClientProtocol) -> None:
+        if not self.running or not conn.ready or conn.choked or not conn.connected:
+            return
+        want = PIPELINE_DEPTH - self.picker.outstanding(conn)
+        if want <= 0:
+            return
+        for req in self.picker.next_requests(conn, want, self.now()):
+            conn.request(req.index, req.offset, req.length)
+
+    # -- verification and completion ----------------------------------------
+
+    def _verify(self, index: int) -> None:
+        buf = self.buffers.pop(index)
+        self.verifying.add(index)
+        piece_file = self.piece_file
+        d = threads.deferToThread(piece_file.verify_and_write, index, buf)
+
+        def checked(ok):
+            self.verifying.discard(index)
+            if self.status != "D" or self.picker is None:
+                return
+            if ok:
+                self.picker.piece_verified(index)
+                self.servable.add_piece(index)      # HAVE to our own downloaders at once
+                self._dirty = True
+                if not self.registered:
+                    self._register_with_tracker()
+                if self.picker.done and not self.verifying:
+                    self._finish()
+            else:
+                banned = self.picker.piece_failed(index)
+                log.warn("piece {i} of {name} failed its hash check", i=index, name=self.record.name)
+                for peer in banned:
+                    self.banned_addresses.add(peer.address)
+                    log.warn("banned peer {a} for sending corrupt data", a=peer.address)
+                    if peer.transport is not None:
+                        peer.transport.loseConnection()
+                for conn in list(self.conns.values()):
+                    self._fill(conn)
+
+        def broken(f):
+            self.verifying.discard(index)
+            self.fail("cannot write %s: %s" % (self.record.part_path, f.getErrorMessage()))
+        d.addCallbacks(checked, broken)
+
+    def _register_with_tracker(self) -> None:
+        """Announce this peer as a (partial) seeder as soon as it has a piece."""
+        self.registered = True
+        d = self.node.tracker.request("share_file", group=self.record.group,
+                                      manifest=self.manifest.to_dict())
+
+        def failed(f):
+            self.registered = False
+            log.info("could not announce partial share of {name}: {why}", name=self.record.name,
+                     why=f.getErrorMessage())
+        d.addErrback(failed)
+
+    @defer.inlineCallbacks
+    def _finish(self):
+        if self.status != "D" or not self.running:
+            return
+        self.running = False
+        self._stop_activity()
+        self.note = "checking the whole file"
+        if self.manifest.size:
+            digest = yield threads.deferToThread(self.piece_file.file_hash)
+        else:
+            import hashlib
+            digest = hashlib.sha256(b"").hexdigest()
+        if self.status != "D":
+            return
+        if digest != self.manifest.file_hash:
+            self.fail("whole-file hash mismatch; nothing saved")
+            return
+        try:
+            # link() refuses to replace an existing file: the destination is never
+            # overwritten, even if something appeared there during the download.
+            os.link(self.record.part_path, self.record.dest)
+        except FileExistsError:
+            self.fail("%s appeared during the download; not overwritten" % self.record.dest)
+            return
+        except OSError as e:
+            self.fail("cannot create %s: %s" % (self.record.dest, e.strerror or e))
+            return
+        try:
+            os.unlink(self.record.part_path)
+        except OSError:
+            pass
+        self.status = "C"
+        self.record.status = "C"
+        self.record.have = []
+        self.note = ""
+        elapsed = self.now() - (self.started_at or self.now())
+        log.info("downloaded {name} ({size} bytes) in {t:.2f}s", name=self.record.name,
+                 size=self.manifest.size, t=elapsed)
+        self.node.download_ended(self)
+
+    # -- bookkeeping ---------------------------------------------------------
+
+    def _update_rate(self, now: float) -> None:
+        self._rate_window.append((now, self._rate_bytes))
+        self._rate_bytes = 0
+        self._rate_window = [(t, b) for t, b in self._rate_window if now - t <= 5.0]
+        span = max(1.0, now - self._rate_window[0][0]) if len(self._rate_window) > 1 else 1.0
+        self.rate = sum(b for _, b in self._rate_window) / span
+
+    def _save(self, force: bool = False) -> None:
+        if not (self._dirty or force):
+            return
+        now = time.monotonic()
+        if not force and now - self._last_save < SAVE_INTERVAL:
+            return
+        self._last_save = now
+        self._dirty = False
+        self.record.have = sorted(self.have)
+        self.node.store.save_downloads()
+
+
+def _rate(bps: float) -> str:
+    for unit, scale in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
+        if bps >= scale:
+            return "%.1f %s" % (bps / scale, unit)
+    return "%d B/s" % bps

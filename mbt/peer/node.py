@@ -1,0 +1,459 @@
+"""The peer as a whole: tracker link, session, shares, downloads, piece service.
+
+:class:`PeerNode` is what the console commands talk to. Each user-facing
+operation is a method returning a Deferred that fires with a result (plain
+data or text) or fails with an :class:`~mbt.errors.MbtError`; formatting for
+the console lives in :mod:`mbt.peer.commands`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Callable, Dict, List, Optional, Tuple
+
+from twisted.internet import defer, endpoints, threads
+from twisted.logger import Logger
+
+from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, check_file_name, check_id
+from mbt.manifest import Manifest, hash_file
+from mbt.peer.download import Download
+from mbt.peer.serving import Servable
+from mbt.peer.shares import DownloadRecord, Share, ShareStore
+from mbt.peer.storage import PieceFile
+from mbt.peer.tracker_client import TrackerClient
+from mbt.protocols.peer import PeerServerFactory
+
+log = Logger(namespace="mbt.peer")
+
+#: Progress notices for hashing come at most this often (seconds).
+PROGRESS_INTERVAL = 2.0
+
+
+class PeerNode:
+    """One peer process: serves pieces on ``address`` and runs the user's commands."""
+
+    def __init__(self, address: str, trackers, state_dir: str, reactor,
+                 rng: Optional[random.Random] = None, cwd: Optional[str] = None) -> None:
+        self.address = address
+        self.trackers = trackers
+        self.state_dir = state_dir
+        self.reactor = reactor
+        self.rng = rng or random.Random()
+        self.cwd = cwd or os.getcwd()
+        self.store = ShareStore(state_dir)
+        self.user: Optional[str] = None
+        self._password: Optional[str] = None      # kept in memory only, to log back in
+        self.servables: Dict[Tuple[str, str], Servable] = {}   # (group, file_hash) -> Servable
+        self.downloads: Dict[Tuple[str, str], Download] = {}
+        self._listeners: List[Callable[[str], None]] = []
+        self.tracker = TrackerClient(trackers, reactor, on_connected=self._tracker_connected,
+                                     notify=self.notify)
+        self.server_factory = PeerServerFactory(self, reactor)
+        self.port = None
+        for record in self.store.downloads.values():
+            self.downloads[record.key] = Download(self, record, reactor, self.rng)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> defer.Deferred:
+        """Listen for other peers on our address and connect to a tracker."""
+        host, port = self.address.rsplit(":", 1)
+        ep = endpoints.TCP4ServerEndpoint(self.reactor, int(port), interface=host)
+        d = ep.listen(self.server_factory)
+
+        def listening(p):
+            self.port = p
+            self.tracker.start()
+            log.info("peer serving on {addr}; state in {dir}", addr=self.address, dir=self.state_dir)
+            return p
+        return d.addCallback(listening)
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """Quit: pause downloads (progress saved), tell the tracker, stop listening."""
+        for dl in self.downloads.values():
+            dl.pause()
+        if self.user is not None and self.tracker.ready:
+            try:
+                yield self.tracker.request("logout")
+            except MbtError:
+                pass
+        self.tracker.stop()
+        self.server_factory.refuse_all("peer shutting down")
+        if self.port is not None:
+            yield self.port.stopListening()
+        for s in self.servables.values():
+            s.piece_file.close()
+
+    # -- notices -------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Receive asynchronous notices; returns the unsubscribe function."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def notify(self, message: str) -> None:
+        """Tell every console something happened in the background."""
+        log.info("notice: {msg}", msg=message)
+        for listener in list(self._listeners):
+            try:
+                listener(message)
+            except Exception:       # a broken console must not break the peer
+                log.failure("console listener failed")
+
+    # -- session -------------------------------------------------------------
+
+    def _need_login(self) -> str:
+        if self.user is None:
+            raise NotLoggedIn()
+        return self.user
+
+    def create_user(self, user: str, password: str) -> defer.Deferred:
+        check_id("user id", user)
+        return self.tracker.request("create_user", user=user, password=password)
+
+    @defer.inlineCallbacks
+    def login(self, user: str, password: str):
+        """Log in, then re-announce every share and resume unfinished downloads."""
+        check_id("user id", user)
+        if self.user is not None:
+            raise MbtError("already logged in as %s; logout first" % self.user, "already_logged_in")
+        yield self.tracker.request("login", user=user, password=password, address=self.address)
+        self.user, self._password = user, password
+        shared, warnings = yield self._announce_all()
+        resumed = self._resume_downloads()
+        return {"user": user, "shares": shared, "warnings": warnings, "resumed": resumed}
+
+    @defer.inlineCallbacks
+    def logout(self):
+        """Stop serving everything until the next login; pause downloads."""
+        user = self._need_login()
+        for dl in self.downloads.values():
+            dl.pause()
+        try:
+            yield self.tracker.request("logout")
+        finally:
+            # Even if the tracker is unreachable we stop serving: logout is local first.
+            self.user = self._password = None
+            self.server_factory.refuse_all("peer logged out")
+            for s in list(self.servables.values()):
+                s.piece_file.close()
+            self.servables.clear()
+        return {"user": user, "shares": len(self.store.shares)}
+
+    @defer.inlineCallbacks
+    def _tracker_connected(self, client: TrackerClient):
+        """After a (re)connect: log back in from memory and re-announce shares."""
+        if self.user is None or self._password is None:
+            return
+        try:
+            yield client.raw_request("login", user=self.user, password=self._password,
+                                     address=self.address)
+        except MbtError as e:
+            self.notify("could not log back in as %s: %s" % (self.user, e.message))
+            return
+        shared, warnings = yield self._announce_all(raw=True)
+        for dl in self.downloads.values():
+            if dl.status == "D" and dl.have:
+                client.raw_request("share_file", group=dl.record.group,
+                                   manifest=dl.manifest.to_dict()).addErrback(lambda f: None)
+        self.notify("logged back in as %s; sharing %d file%s" % (self.user, shared, "" if shared == 1 else "s"))
+        for w in warnings:
+            self.notify(w)
+
+    @defer.inlineCallbacks
+    def _announce_all(self, raw: bool = False):
+        """Announce every persisted share; drop the ones that changed or vanished."""
+        request = self.tracker.raw_request if raw else self.tracker.request
+        shared, warnings = 0, []
+        for share in list(self.store.shares.values()):
+            problem = share.changed_on_disk()
+            if problem == "missing":
+                self.store.remove_share(share.key)
+                warnings.append("warning: stopped sharing %s in %s: %s is gone"
+                                % (share.name, share.group, share.path))
+                continue
+            if problem is not None:
+                # Modified since it was hashed: re-hash before serving anything.
+                try:
+                    fresh = yield threads.deferToThread(hash_file, share.path, share.name)
+                except (OSError, MbtError) as e:
+                    self.store.remove_share(share.key)
+                    warnings.append("warning: stopped sharing %s in %s: cannot read %s (%s)"
+                                    % (share.name, share.group, share.path, e))
+                    continue
+                if fresh.file_hash != share.manifest["file_hash"]:
+                    self.store.remove_share(share.key)
+                    warnings.append("warning: stopped sharing %s in %s: the file changed on disk;"
+                                    " upload_file it again to share the new content"
+                                    % (share.name, share.group))
+                    continue
+                st = os.stat(share.path)
+                share.size, share.mtime_ns = st.st_size, st.st_mtime_ns
+                self.store.save_shares()
+            try:
+                yield request("share_file", group=share.group, manifest=share.manifest)
+            except MbtError as e:
+                if e.code in ("not_member", "no_such_group", "file_conflict"):
+                    self.store.remove_share(share.key)
+                    warnings.append("warning: stopped sharing %s in %s: %s" % (share.name, share.group, e.message))
+                else:
+                    warnings.append("warning: could not announce %s in %s: %s"
+                                    % (share.name, share.group, e.message))
+                continue
+            self._serve_share(share)
+            shared += 1
+        return shared, warnings
+
+    def _serve_share(self, share: Share) -> None:
+        manifest = share.get_manifest()
+        key = (share.group, manifest.file_hash)
+        if key in self.servables:
+            return
+        try:
+            pf = PieceFile(share.path, manifest)
+        except OSError as e:
+            log.warn("cannot open {path}: {err}", path=share.path, err=e)
+            return
+        self.servables[key] = Servable(share.group, manifest, pf, set(range(manifest.pieces)))
+
+    def _resume_downloads(self) -> int:
+        count = 0
+        for dl in self.downloads.values():
+            if dl.status == "D" and not dl.running:
+                dl.start()
+                count += 1
+        return count
+
+    # -- serving ------------------------------------------------------------
+
+    def open_servable(self, group: str, file_hash: str, user: str, ticket: Optional[str],
+                      remote: str) -> Servable:
+        """Decide whether a HELLO may be served; return what to serve or raise MbtError.
+
+        This is the access-control seam: a peer serves only files it shares, only
+        in their group, only while its user is logged in.
+        """
+        if self.user is None:
+            raise MbtError("this peer is not sharing right now (logged out)", "not_sharing")
+        servable = self.servables.get((group, file_hash))
+        if servable is None:
+            raise MbtError("no such file shared here in group %s" % group[:64], "not_sharing")
+        return servable
+
+    def ticket_for(self, group: str, file_hash: str) -> Optional[str]:
+        """A proof of membership to present in HELLO (none yet; see docs/protocol.rst)."""
+        return None
+
+    def register_servable(self, servable: Servable) -> None:
+        """A download makes its verified pieces servable."""
+        self.servables.setdefault((servable.group, servable.manifest.file_hash), servable)
+
+    def unregister_servable(self, servable: Servable) -> None:
+        """Stop serving a file (download failed, share stopped)."""
+        key = (servable.group, servable.manifest.file_hash)
+        if self.servables.get(key) is servable:
+            del self.servables[key]
+            self.server_factory.refuse_all("file no longer shared",
+                                           lambda c: c.servable is servable)
+
+    # -- groups --------------------------------------------------------------
+
+    def _request(self, op: str, **args) -> defer.Deferred:
+        try:
+            self._need_login()
+        except MbtError as e:
+            return defer.fail(e)
+        return self.tracker.request(op, **args)
+
+    def create_group(self, group: str) -> defer.Deferred:
+        return self._request("create_group", group=check_id("group id", group))
+
+    def list_groups(self) -> defer.Deferred:
+        return self._request("list_groups")
+
+    def join_group(self, group: str) -> defer.Deferred:
+        return self._request("join_group", group=check_id("group id", group))
+
+    @defer.inlineCallbacks
+    def leave_group(self, group: str):
+        check_id("group id", group)
+        result = yield self._request("leave_group", group=group)
+        # The tracker dropped our shares in that group: stop serving them here too.
+        for key in [k for k in self.store.shares if k[0] == group]:
+            share = self.store.remove_share(key)
+            servable = self.servables.get((group, share.manifest["file_hash"]))
+            if servable is not None:
+                self.unregister_servable(servable)
+                servable.piece_file.close()
+        for dl in self.downloads.values():
+            if dl.record.group == group and dl.status == "D":
+                dl.fail("left group %s" % group)
+        return result
+
+    def list_requests(self, group: str) -> defer.Deferred:
+        return self._request("list_requests", group=check_id("group id", group))
+
+    def accept_request(self, group: str, user: str) -> defer.Deferred:
+        return self._request("accept_request", group=check_id("group id", group),
+                             user=check_id("user id", user))
+
+    def reject_request(self, group: str, user: str) -> defer.Deferred:
+        return self._request("reject_request", group=check_id("group id", group),
+                             user=check_id("user id", user))
+
+    def list_files(self, group: str) -> defer.Deferred:
+        return self._request("list_files", group=check_id("group id", group))
+
+    # -- sharing -------------------------------------------------------------
+
+    def resolve_path(self, path: str) -> str:
+        """A user's path: ``~`` expanded, relative to the client's working directory."""
+        return os.path.normpath(os.path.join(self.cwd, os.path.expanduser(path)))
+
+    @defer.inlineCallbacks
+    def upload_file(self, path: str, group: str):
+        """Hash a file (in a thread, with progress) and share it in ``group``."""
+        self._need_login()
+        check_id("group id", group)
+        full = self.resolve_path(path)
+        if not os.path.exists(full):
+            raise InvalidArgument("no such file: %s" % full)
+        if os.path.isdir(full):
+            raise InvalidArgument("%s is a directory; upload_file shares one file" % full)
+        if not os.path.isfile(full):
+            raise InvalidArgument("%s is not a regular file" % full)
+        if not os.access(full, os.R_OK):
+            raise InvalidArgument("cannot read %s: permission denied" % full)
+        name = check_file_name(os.path.basename(full))
+        # Membership first: a non-member learns it before a long hash.
+        yield self._request("list_files", group=group)
+        st = os.stat(full)
+        progress = _Progress(self, name, st.st_size)
+        try:
+            manifest = yield threads.deferToThread(
+                hash_file, full, name, lambda done, total: self.reactor.callFromThread(progress, done, total))
+        except OSError as e:
+            raise InvalidArgument("cannot read %s: %s" % (full, e.strerror or e))
+        st2 = os.stat(full)
+        if (st2.st_size, st2.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            raise InvalidArgument("%s changed while it was hashed; try again" % full)
+        result = yield self._request("share_file", group=group, manifest=manifest.to_dict())
+        share = Share(group=group, name=name, path=full, manifest=manifest.to_dict(),
+                      size=st.st_size, mtime_ns=st.st_mtime_ns)
+        old = self.store.shares.get(share.key)
+        if old is not None:
+            servable = self.servables.get((group, old.manifest["file_hash"]))
+            if servable is not None and servable.piece_file.path != full:
+                self.unregister_servable(servable)
+        self.store.put_share(share)
+        self._serve_share(share)
+        return {"name": name, "group": group, "size": manifest.size, "pieces": manifest.pieces,
+                "sharers": result.get("sharers", 1), "seconds": progress.elapsed()}
+
+    @defer.inlineCallbacks
+    def stop_share(self, group: str, name: str):
+        self._need_login()
+        check_id("group id", group)
+        check_file_name(name)
+        yield self._request("stop_share", group=group, name=name)
+        share = self.store.remove_share((group, name))
+        if share is not None:
+            servable = self.servables.get((group, share.manifest["file_hash"]))
+            if servable is not None:
+                self.unregister_servable(servable)
+                servable.piece_file.close()
+        dl = self.downloads.get((group, name))
+        if dl is not None and dl.servable is not None:
+            self.unregister_servable(dl.servable)
+        return {"group": group, "name": name}
+
+    # -- downloads -----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def download_file(self, group: str, name: str, destination: str):
+        """Start a background download; fires once it is under way."""
+        self._need_login()
+        check_id("group id", group)
+        check_file_name(name)
+        dest = self.resolve_path(destination)
+        if os.path.isdir(dest):
+            dest = os.path.join(dest, name)
+        else:
+            parent = os.path.dirname(dest) or "."
+            if not os.path.isdir(parent):
+                raise InvalidArgument("directory %s does not exist" % parent)
+        if os.path.lexists(dest):
+            raise InvalidArgument("%s already exists; it is never overwritten" % dest)
+        if not os.access(os.path.dirname(dest), os.W_OK):
+            raise InvalidArgument("cannot write to %s: permission denied" % os.path.dirname(dest))
+        current = self.downloads.get((group, name))
+        if current is not None and current.status == "D":
+            raise MbtError("already downloading %s from %s into %s" % (name, group, current.record.dest),
+                           "already_downloading")
+        if (group, name) in self.store.shares:
+            raise MbtError("you already share %s in %s (%s)" % (name, group, self.store.shares[(group, name)].path),
+                           "already_shared")
+        if any(d.record.dest == dest and d.status == "D" for d in self.downloads.values()):
+            raise InvalidArgument("another download is writing to %s" % dest)
+        info = yield self._request("get_peers", group=group, name=name)
+        manifest = Manifest.from_dict(info.get("manifest"))
+        if not info.get("peers"):
+            raise MbtError("nobody is sharing %s in %s right now; try again later" % (name, group),
+                           "no_peers")
+        if os.path.lexists(dest + ".part"):
+            raise InvalidArgument("%s.part exists (another program's partial file?); remove it first" % dest)
+        record = DownloadRecord(group=group, name=name, dest=dest, manifest=manifest.to_dict())
+        self.store.put_download(record)
+        old = self.downloads.get((group, name))
+        if old is not None:
+            old.pause()
+        dl = self.downloads[(group, name)] = Download(self, record, self.reactor, self.rng)
+        dl.start()
+        return {"name": name, "dest": dest}
+
+    def show_downloads(self) -> List[str]:
+        """One status line per download, oldest first."""
+        return [dl.status_line() for dl in self.downloads.values()]
+
+    def download_ended(self, dl: Download) -> None:
+        """A download completed or failed: persist, and share a complete file."""
+        if dl.status == "C":
+            st = os.stat(dl.record.dest)
+            share = Share(group=dl.record.group, name=dl.record.name, path=dl.record.dest,
+                          manifest=dl.manifest.to_dict(), size=st.st_size, mtime_ns=st.st_mtime_ns)
+            self.store.put_share(share)
+            # Keep serving from the very same open file (the rename kept the inode).
+            if dl.servable is not None and dl.piece_file is not None:
+                dl.servable.piece_file = dl.piece_file
+            else:
+                self._serve_share(share)
+            if not dl.registered and self.user is not None:
+                dl._register_with_tracker()
+            self.notify("download of %s from %s complete: %s" % (dl.record.name, dl.record.group, dl.record.dest))
+        else:
+            self.notify("download of %s from %s failed: %s" % (dl.record.name, dl.record.group, dl.reason))
+            if dl.registered and self.user is not None and dl.key not in self.store.shares:
+                self.tracker.request("stop_share", group=dl.record.group,
+                                     name=dl.record.name).addErrback(lambda f: None)
+        self.store.save_downloads()
+
+
+class _Progress:
+    """Prints hashing progress of a big file every few seconds."""
+
+    def __init__(self, node: PeerNode, name: str, total: int) -> None:
+        self.node, self.name, self.total = node, name, total
+        self.start = node.reactor.seconds()
+        self.last = self.start
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.node.reactor.seconds()
+        if now - self.last >= PROGRESS_INTERVAL and done < total:
+            self.last = now
+            rate = done / max(1e-6, now - self.start) / 1e6
+            self.node.notify("hashing %s: %d%% (%.0f MB/s)" % (self.name, 100 * done // max(1, total), rate))
+
+    def elapsed(self) -> float:
+        return self.node.reactor.seconds() - self.start

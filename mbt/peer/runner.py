@@ -1,0 +1,168 @@
+"""Running a peer: the ``mbt-client`` front end and the ``mbt-peer`` twistd service."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from typing import List, Optional
+
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+
+from mbt.errors import ConfigError
+from mbt.trackerinfo import load_tracker_info, parse_address
+
+log = Logger(namespace="mbt.peer.runner")
+
+
+def default_peer_state_dir(address: str) -> str:
+    """``~/.local/share/mbt/peer-IP_PORT`` (or under ``$XDG_DATA_HOME``)."""
+    from mbt.tracker.service import default_state_dir
+    return default_state_dir("peer-" + address.replace(":", "_"))
+
+
+def prepare(address: str, info: str, state_dir: Optional[str]):
+    """Validate the common peer options; return (address, trackers, state_dir, lock)."""
+    from mbt.tracker.service import StateDirLock, ensure_state_dir
+    try:
+        host, port = parse_address(address)
+    except ValueError as e:
+        raise ConfigError("bad peer address %r: %s (use IP:PORT)" % (address, e))
+    address = "%s:%d" % (host, port)
+    trackers = load_tracker_info(info)
+    state_dir = ensure_state_dir(state_dir or default_peer_state_dir(address))
+    lock = StateDirLock(state_dir)
+    return address, trackers, state_dir, lock
+
+
+def manhole_credentials(state_dir: str):
+    """The manhole's user name and password, generated once into ``manhole.passwd`` (0600)."""
+    path = os.path.join(state_dir, "manhole.passwd")
+    try:
+        with open(path, encoding="utf-8") as f:
+            user, password = f.read().strip().split(":", 1)
+            return user, password, path
+    except (OSError, ValueError):
+        pass
+    user, password = "admin", secrets.token_urlsafe(18)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("%s:%s\n" % (user, password))
+    return user, password, path
+
+
+class PeerService(service.Service):
+    """A peer as a twistd service, with a telnet console and an optional manhole."""
+
+    def __init__(self, address: str, info: str, state_dir: Optional[str], console: str,
+                 manhole: Optional[str] = None, reactor=None) -> None:
+        self.address, self.trackers, self.state_dir, self.lock = prepare(address, info, state_dir)
+        self.console_endpoint = console
+        self.manhole_endpoint = manhole
+        self._reactor = reactor
+        self.node = None
+        self.ports = []
+
+    @defer.inlineCallbacks
+    def startService(self):
+        service.Service.startService(self)
+        from mbt.peer.commands import CommandTable
+        from mbt.peer.node import PeerNode
+        from mbt.protocols.console import manhole_factory, telnet_console_factory
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        self.node = PeerNode(self.address, self.trackers, self.state_dir, reactor)
+        table = CommandTable(self.node)
+        try:
+            yield self.node.start()
+            banner = "mbt peer %s (telnet console) - type help for commands" % self.address
+            port = yield endpoints.serverFromString(reactor, self.console_endpoint).listen(
+                telnet_console_factory(table, banner))
+            self.ports.append(port)
+            log.info("console on {ep}", ep=self.console_endpoint)
+            if self.manhole_endpoint:
+                user, password, path = manhole_credentials(self.state_dir)
+                port = yield endpoints.serverFromString(reactor, self.manhole_endpoint).listen(
+                    manhole_factory({"node": self.node, "commands": table}, user, password))
+                self.ports.append(port)
+                log.info("manhole on {ep}; credentials in {path}", ep=self.manhole_endpoint, path=path)
+        except Exception as e:
+            log.failure("peer failed to start")
+            print("error: peer failed to start: %s" % e, file=sys.stderr, flush=True)
+            reactor.stop()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        service.Service.stopService(self)
+        for p in self.ports:
+            yield p.stopListening()
+        if self.node is not None:
+            yield self.node.stop()
+        self.lock.release()
+
+
+def run_client(argv: Optional[List[str]] = None) -> int:
+    """``mbt-client IP:PORT TRACKER_INFO [--state-dir DIR]``: a peer with a stdio console."""
+    from mbt.scripts import _ArgParser, _install_signal_handlers, _start_logging
+    ap = _ArgParser(prog="mbt-client",
+                    description="Run a peer serving pieces on IP:PORT, with its console on stdin/stdout.")
+    ap.add_argument("address", metavar="IP:PORT", help="where this peer serves pieces to others")
+    ap.add_argument("info", metavar="TRACKER_INFO", help="file listing every tracker")
+    ap.add_argument("--state-dir", help="where this peer keeps its shares and downloads")
+    ap.add_argument("--log-file", help="log file (default: <state-dir>/peer.log)")
+    args = ap.parse_args(argv)
+    try:
+        address, trackers, state_dir, lock = prepare(args.address, args.info, args.state_dir)
+    except ConfigError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 2
+    # The console owns stdout; the log goes to a file so it never garbles a reply.
+    _start_logging(args.log_file or os.path.join(state_dir, "peer.log"))
+
+    from twisted.internet import reactor, stdio
+    from mbt.peer.commands import CommandTable
+    from mbt.peer.node import PeerNode
+    from mbt.protocols.console import StdioConsole
+
+    node = PeerNode(address, trackers, state_dir, reactor)
+    table = CommandTable(node)
+    status = {"code": 0, "stopping": False}
+
+    def stop() -> None:
+        if status["stopping"]:
+            return
+        status["stopping"] = True
+        d = node.stop()
+        # Never hang on the way out (an unreachable tracker): 5 s at most.
+        timer = reactor.callLater(5, lambda: reactor.stop() if reactor.running else None)
+
+        def done(_):
+            if timer.active():
+                timer.cancel()
+            lock.release()
+            if reactor.running:
+                reactor.stop()
+        d.addBoth(done)
+
+    @defer.inlineCallbacks
+    def started():
+        try:
+            yield node.start()
+        except Exception as e:
+            print("error: cannot listen on %s: %s" % (address, getattr(e, "strerror", None) or e),
+                  file=sys.stderr, flush=True)
+            status["code"] = 1
+            status["stopping"] = True
+            reactor.stop()
+            return
+        banner = "mbt peer %s - type help for commands" % address
+        stdio.StandardIO(StdioConsole(table, banner, stop), reactor=reactor)
+
+    _install_signal_handlers(reactor, stop)
+    reactor.callWhenRunning(started)
+    reactor.run(installSignalHandlers=False)
+    return status["code"]

@@ -1,0 +1,663 @@
+"""The peer's command consoles: one over stdin/stdout, one over telnet.
+
+Both consoles drive the same command backend (``execute(line) -> Deferred[str]``
+plus ``subscribe(listener) -> unsubscribe`` for asynchronous notices) and keep
+the same contract, which users' scripts rely on:
+
+* a banner line, then the prompt ``mbt> `` (no newline) whenever the console is
+  ready for the next command; a reply is everything printed between a command
+  and the next prompt;
+* commands run one at a time, in order; lines that arrive while a command runs
+  are queued;
+* an asynchronous notice is printed on its own line(s) - followed by a fresh
+  prompt when the console is idle, without one while a command runs (that
+  command's prompt follows its reply);
+* lines longer than :data:`MAX_LINE` bytes are answered with an error and the
+  console keeps going; invalid UTF-8 is decoded with replacement characters;
+* ``quit`` is handled here, never passed to the backend.
+
+:func:`manhole_factory` additionally offers a password-protected Python shell
+(:class:`twisted.conch.manhole.ColoredManhole`) into the running peer.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import hmac
+import re
+import typing
+from typing import Any, Callable, Deque, Optional, Tuple
+
+from twisted.conch import manhole, recvline, telnet
+from twisted.conch.insults import insults
+from twisted.cred import checkers, credentials, error, portal
+from twisted.internet import defer, interfaces, protocol
+from twisted.internet import error as net_error
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+log = Logger(namespace="mbt.console")
+
+#: Printed whenever the console is ready for the next command.
+PROMPT = "mbt> "
+#: Longest accepted command line, in bytes (without the line terminator).
+MAX_LINE = 65536
+#: The reply to a line longer than MAX_LINE.
+LINE_TOO_LONG = "error: line too long (max %d bytes)" % MAX_LINE
+#: Keystrokes a telnet session may type ahead while a command runs.
+MAX_TYPEAHEAD = 4 * MAX_LINE
+#: Input lines remembered per telnet session for the up/down arrows.
+HISTORY_LIMIT = 1000
+#: Failed manhole logins before the connection is dropped.
+MAX_LOGIN_ATTEMPTS = 3
+
+
+class CommandBackend(typing.Protocol):
+    """What the consoles need from the peer (structural type, for hints only)."""
+
+    def execute(self, line: str) -> defer.Deferred:
+        """Run one command line; fire with the reply text (may be multi-line or "")."""
+
+    def subscribe(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Register ``listener`` for asynchronous notices; return an unsubscribe function."""
+
+
+# ---------------------------------------------------------------------------
+# Shared command logic
+
+
+def _clean(text: Any) -> str:
+    """Normalise backend output: ``None`` -> "", no trailing line breaks."""
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        text = str(text)
+    # The console adds the final newline itself; a reply that already ends with
+    # one must not turn into an extra empty line in front of the prompt.
+    return text.rstrip("\r\n")
+
+
+def _encode(text: str) -> bytes:
+    # "replace" because backend text could carry lone surrogates (e.g. from
+    # file names decoded with surrogateescape); a console must never crash on it.
+    return text.encode("utf-8", "replace")
+
+
+class _CommandRunner:
+    """Runs one console command at a time and prints its reply and the prompt.
+
+    Console-specific behaviour comes in as callables: ``write`` prints text,
+    ``ready`` shows the prompt and lets the console feed the next queued input,
+    ``quit`` ends the session (after ``bye`` has been printed).
+    """
+
+    def __init__(
+        self,
+        backend: CommandBackend,
+        write: Callable[[str], None],
+        ready: Callable[[], None],
+        quit: Callable[[], None],
+    ) -> None:
+        self._backend = backend
+        self._write = write
+        self._ready = ready
+        self._quit = quit
+        #: True while the backend is working on a command.
+        self.busy = False
+        #: Set by the console once the session is over: late replies are dropped.
+        self.closed = False
+
+    def submit(self, line: str) -> None:
+        """Run ``line``. Must only be called while not :attr:`busy`."""
+        assert not self.busy, "commands run one at a time"
+        words = line.split()
+        if not words:
+            self._ready()
+            return
+        if words[0] == "quit":
+            if len(words) > 1:
+                self.reply("error: usage: quit")
+            else:
+                self._write("bye\n")
+                self._quit()
+            return
+        self.busy = True
+        d = defer.maybeDeferred(self._backend.execute, line.strip())
+        d.addErrback(self._internal_error, words[0])
+        d.addCallback(self._finished)
+        # Printing itself failing (e.g. a transport torn down mid-write) must
+        # not end as an "Unhandled error in Deferred".
+        d.addErrback(lambda f: log.failure("console failed to print a reply", f))
+
+    def reply(self, text: Any) -> None:
+        """Print ``text`` (if any) as a complete reply, then the prompt."""
+        text = _clean(text)
+        if text:
+            self._write(text + "\n")
+        self._ready()
+
+    def _internal_error(self, failure: Failure, command: str) -> str:
+        # The backend promises never to errback; if it does anyway, keep the
+        # console alive. Only the command word is logged: arguments may hold
+        # secrets such as passwords.
+        log.failure("console command {command!r} failed", failure, command=command)
+        return "error: internal error: %s" % (failure.type.__name__,)
+
+    def _finished(self, text: Any) -> None:
+        self.busy = False
+        if not self.closed:
+            self.reply(text)
+
+
+# ---------------------------------------------------------------------------
+# stdin/stdout
+
+
+_TOO_LONG = object()  # queue marker for a line that exceeded MAX_LINE
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class StdioConsole(LineOnlyReceiver):
+    """The command console on stdin/stdout (or any byte stream).
+
+    Lines end with ``\\n`` (a trailing ``\\r`` is dropped). Used as
+    ``stdio.StandardIO(StdioConsole(backend, banner, on_quit), reactor=reactor)``.
+
+    ``on_quit`` is called exactly once: after ``quit``, after end of input (once
+    every queued command has been answered), or when the stream is lost. It is
+    expected to stop the peer; the console never stops the reactor itself.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE
+
+    def __init__(self, backend: CommandBackend, banner: str, on_quit: Callable[[], None]) -> None:
+        self.backend = backend
+        self.banner = banner
+        self._on_quit = on_quit
+        self._runner = _CommandRunner(backend, self._write, self._ready, self._end)
+        self._pending: Deque[object] = collections.deque()  # str lines or _TOO_LONG
+        self._buffer = b""
+        self._discarding = False  # inside an overlong line, dropping bytes up to "\n"
+        self._draining = False
+        self._paused = False
+        self._eof = False
+        self._closed = False
+        self._unsubscribe: Optional[Callable[[], None]] = None
+
+    # -- protocol events
+
+    def connectionMade(self) -> None:
+        if self.banner:
+            self._write(_clean(self.banner) + "\n")
+        self._write(PROMPT)
+        self._unsubscribe = self.backend.subscribe(self._notice)
+
+    def dataReceived(self, data: bytes) -> None:
+        # Own framing instead of LineOnlyReceiver's: an overlong line must be
+        # answered and skipped, not drop the connection, and lines must queue
+        # behind a running command instead of running at once.
+        if self._closed:
+            return
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        for raw in lines:
+            if self._discarding:
+                self._discarding = False  # the tail of an overlong line, already answered
+            else:
+                self._enqueue(raw)
+        if self._discarding:
+            self._buffer = b""
+        elif self._too_long(self._buffer):
+            self._pending.append(_TOO_LONG)
+            self._discarding = True
+            self._buffer = b""
+        self._drain()
+
+    def readConnectionLost(self) -> None:
+        """End of input: answer what is queued (a final unterminated line too), then quit."""
+        self._eof = True
+        if self._buffer and not self._discarding:
+            self._enqueue(self._buffer)
+        self._buffer = b""
+        self._drain()
+
+    def writeConnectionLost(self) -> None:
+        """Nobody reads our output any more: the console is over."""
+        self._end()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._end()
+
+    # -- internals
+
+    @staticmethod
+    def _too_long(raw: bytes) -> bool:
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        return len(raw) > MAX_LINE
+
+    def _enqueue(self, raw: bytes) -> None:
+        if self._too_long(raw):
+            self._pending.append(_TOO_LONG)
+        else:
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            self._pending.append(raw.decode("utf-8", "replace"))
+
+    def _drain(self) -> None:
+        """Run queued lines until one is still running or the queue is empty."""
+        if self._draining:  # re-entered from _ready() after a synchronous reply
+            return
+        self._draining = True
+        try:
+            while self._pending and not self._runner.busy and not self._closed:
+                item = self._pending.popleft()
+                if item is _TOO_LONG:
+                    self._runner.reply(LINE_TOO_LONG)
+                else:
+                    self._runner.submit(item)  # type: ignore[arg-type]
+        finally:
+            self._draining = False
+        if self._closed:
+            return
+        # Back-pressure: stop reading stdin while lines are waiting, so a huge
+        # piped script is not read into memory ahead of its execution.
+        self._set_paused(bool(self._pending))
+        if self._eof and not self._pending and not self._runner.busy:
+            self._end()
+
+    def _set_paused(self, paused: bool) -> None:
+        if paused == self._paused or self.transport is None:
+            return
+        self._paused = paused
+        if paused:
+            self.transport.pauseProducing()
+        else:
+            self.transport.resumeProducing()
+
+    def _write(self, text: str) -> None:
+        if not self._closed:
+            self.transport.write(_encode(text))
+
+    def _ready(self) -> None:
+        self._write(PROMPT)
+        self._drain()
+
+    def _notice(self, text: str) -> None:
+        if self._closed:
+            return
+        text = _clean(text)
+        if self._runner.busy:
+            self._write(text + "\n")
+        else:
+            # The prompt is showing (the cursor sits right after it): move to a
+            # fresh line, print the notice, then show a fresh prompt.
+            self._write("\n" + text + "\n" + PROMPT)
+
+    def _end(self) -> None:
+        """Close the console (idempotent); call on_quit exactly once."""
+        if self._closed:
+            return
+        self._closed = self._runner.closed = True
+        self._pending.clear()
+        if self._unsubscribe is not None:
+            unsubscribe, self._unsubscribe = self._unsubscribe, None
+            unsubscribe()
+        try:
+            self._on_quit()
+        except Exception:
+            log.failure("on_quit failed")
+
+
+# ---------------------------------------------------------------------------
+# telnet
+
+
+class _TelnetTransport(telnet.TelnetTransport):
+    """A TelnetTransport whose output has exactly one CR before every LF.
+
+    Each layer of the stock stack (insults, bootstrap, transport) turns "\\n"
+    into "\\r\\n" again, so the wire would carry "\\r\\r\\r\\n"; line-oriented
+    clients and scripts would see empty lines. IACs are doubled as usual.
+    """
+
+    _LINE_END = re.compile(rb"\r*\n")
+
+    def write(self, data: bytes) -> None:
+        data = data.replace(telnet.IAC, telnet.IAC * 2)
+        self.transport.write(self._LINE_END.sub(b"\r\n", data))
+
+    def writeSequence(self, seq) -> None:
+        self.write(b"".join(seq))
+
+
+class _TelnetBootstrap(telnet.TelnetBootstrapProtocol):
+    """TelnetBootstrapProtocol that takes a refused option quietly.
+
+    The stock class logs every refused DO/WILL as a critical failure with a
+    traceback; simple clients refuse them all (and still work: the server does
+    the echoing and line editing, 80x24 is assumed without NAWS).
+    """
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        transport.negotiationMap[telnet.NAWS] = self.telnet_NAWS
+        transport.negotiationMap[telnet.LINEMODE] = self.telnet_LINEMODE
+        for opt in (telnet.LINEMODE, telnet.NAWS, telnet.SGA):
+            transport.do(opt).addErrback(self._refused, opt)
+        transport.will(telnet.ECHO).addErrback(self._refused, telnet.ECHO)
+
+        self.protocol = self.protocolFactory(*self.protocolArgs, **self.protocolKwArgs)
+        factory = getattr(self, "factory", None)
+        if factory is not None:
+            self.protocol.factory = factory
+        self.protocol.makeConnection(self)
+
+    @staticmethod
+    def _refused(failure: Failure, opt: bytes) -> None:
+        if failure.check(telnet.TelnetError, net_error.ConnectionDone, net_error.ConnectionLost):
+            # Refused, already on, or the client left mid-negotiation: normal.
+            log.debug("telnet option {opt} not enabled: {why}", opt=ord(opt),
+                      why=failure.getErrorMessage())
+        else:
+            log.failure("telnet negotiation of option {opt} failed", failure, opt=ord(opt))
+
+
+class TelnetConsole(recvline.HistoricRecvLine):
+    """One telnet console session: line editing and history over insults.
+
+    Runs on ``insults.ServerProtocol`` over a telnet bootstrap/transport (see
+    :func:`telnet_console_factory`). Keystrokes typed while a command runs are
+    held back and replayed once its reply and prompt are printed, so pasted or
+    pipelined lines run in order and their echo never mixes with a reply.
+    """
+
+    ps = (PROMPT.encode("ascii"), PROMPT.encode("ascii"))
+    pn = 0
+
+    def __init__(self, backend: CommandBackend, banner: str) -> None:
+        self.backend = backend
+        self.banner = banner
+        self._pending_keys: Deque[Tuple[Any, Any]] = collections.deque()
+        self._draining = False
+        self._closed = False
+        self._too_long = False  # the current input line exceeded MAX_LINE
+        self._unsubscribe: Optional[Callable[[], None]] = None
+        self._runner = _CommandRunner(backend, self._write, self._ready, self._quit)
+
+    # -- connection
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # sets up the line buffer and draws the screen
+        self.keyHandlers.update({
+            b"\x08": self.handle_BACKSPACE,  # ^H: what many clients send for backspace
+            b"\x03": self.handle_INT,        # ^C: abandon the current line
+            b"\x04": self.handle_EOF,        # ^D on an empty line: quit
+        })
+        self._unsubscribe = self.backend.subscribe(self._notice)
+
+    def initializeScreen(self) -> None:
+        # Unlike RecvLine, no terminal.reset(): that would clear the user's
+        # screen. Modes first, so the prompt is the last thing on the wire.
+        self.setInsertMode()
+        if self.banner:
+            self._write(_clean(self.banner) + "\n")
+        self.terminal.write(self.ps[self.pn])
+
+    def terminalSize(self, width: int, height: int) -> None:
+        # RecvLine clears the whole screen here (NAWS arrives right after
+        # connecting and would wipe the banner); only the size matters to us.
+        self.width, self.height = width, height
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._close()
+
+    # -- input
+
+    def keystrokeReceived(self, keyID: Any, modifier: Any) -> None:
+        if self._closed:
+            return
+        if self._runner.busy:
+            if len(self._pending_keys) >= MAX_TYPEAHEAD:
+                self._write("error: too much input while a command runs; closing\n")
+                self._quit()
+                return
+            self._pending_keys.append((keyID, modifier))
+            return
+        handler = self.keyHandlers.get(keyID)
+        if handler is not None:
+            handler()
+        elif _is_text(keyID):
+            self.characterReceived(keyID, False)
+        # Anything else (unknown control bytes, unbound function keys) is
+        # ignored; RecvLine would log a warning for each.
+
+    def characterReceived(self, ch: bytes, moreCharactersComing: bool) -> None:
+        grows = self.mode == "insert" or self.lineBufferIndex >= len(self.lineBuffer)
+        if grows and len(self.lineBuffer) >= MAX_LINE:
+            self._too_long = True  # drop the rest of the line; answered on RETURN
+            return
+        super().characterReceived(ch, moreCharactersComing)
+
+    def handle_INT(self) -> None:
+        """^C: drop the current input line and show a fresh prompt."""
+        self.lineBuffer = []
+        self.lineBufferIndex = 0
+        self.historyPosition = len(self.historyLines)
+        self._too_long = False
+        self.terminal.write(b"^C")
+        self.terminal.nextLine()
+        self.terminal.write(self.ps[self.pn])
+
+    def handle_EOF(self) -> None:
+        """^D: quit on an empty line, otherwise ring the bell."""
+        if self.lineBuffer:
+            self.terminal.write(b"\a")
+        else:
+            self.terminal.nextLine()
+            self._runner.submit("quit")
+
+    def lineReceived(self, line: bytes) -> None:
+        del self.historyLines[:-HISTORY_LIMIT]
+        self.historyPosition = len(self.historyLines)
+        if self._too_long or len(line) > MAX_LINE:
+            self._too_long = False
+            self._runner.reply(LINE_TOO_LONG)
+        else:
+            self._runner.submit(line.decode("utf-8", "replace"))
+
+    # -- output
+
+    def _write(self, text: str) -> None:
+        if not self._closed:
+            self.terminal.write(_encode(text))
+
+    def _ready(self) -> None:
+        if not self._closed:
+            self.terminal.write(self.ps[self.pn])
+            self._drain()
+
+    def _drain(self) -> None:
+        """Replay keystrokes held back while the previous command ran."""
+        if self._draining:  # re-entered via _ready() after a synchronous reply
+            return
+        self._draining = True
+        try:
+            while self._pending_keys and not self._runner.busy and not self._closed:
+                self.keystrokeReceived(*self._pending_keys.popleft())
+        finally:
+            self._draining = False
+
+    def _notice(self, text: str) -> None:
+        if self._closed:
+            return
+        text = _clean(text)
+        if self._runner.busy:
+            # The cursor is on a fresh line below the command; the reply (and
+            # its prompt) will follow.
+            self._write(text + "\n")
+            return
+        # Print above the input line, then redraw prompt and partial input
+        # (what Manhole.addOutput does for asynchronous output).
+        self.terminal.eraseLine()
+        self.terminal.cursorBackward(len(self.lineBuffer) + len(self.ps[self.pn]))
+        self._write(text + "\n")
+        self.drawInputLine()
+        behind = len(self.lineBuffer) - self.lineBufferIndex
+        if behind:
+            self.terminal.cursorBackward(behind)
+
+    # -- ending
+
+    def _quit(self) -> None:
+        """Close this telnet session only (other sessions and the peer go on)."""
+        transport = self.terminal.transport  # the telnet bootstrap protocol
+        self._close()
+        # Not terminal.loseConnection(): that first sends a terminal reset
+        # (ESC c), which clears the user's screen and hides "bye".
+        transport.loseConnection()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = self._runner.closed = True
+        self._pending_keys.clear()
+        if self._unsubscribe is not None:
+            unsubscribe, self._unsubscribe = self._unsubscribe, None
+            unsubscribe()
+
+
+def _is_text(keyID: Any) -> bool:
+    """A single printable byte: ASCII text or part of a multi-byte UTF-8 character."""
+    if not isinstance(keyID, bytes) or len(keyID) != 1:
+        return False
+    value = keyID[0]
+    # Non-ASCII bytes are kept so names like "café" can be typed; the cursor
+    # arithmetic is per byte, which is good enough for a command line.
+    return 0x20 <= value < 0x7F or value >= 0x80
+
+
+class _TelnetConsoleFactory(protocol.ServerFactory):
+    def __init__(self, backend: CommandBackend, banner: str) -> None:
+        self.backend = backend
+        self.banner = banner
+
+    def buildProtocol(self, addr) -> protocol.Protocol:
+        log.info("telnet console session from {addr}", addr=addr)
+        proto = _TelnetTransport(_TelnetBootstrap, insults.ServerProtocol,
+                                 TelnetConsole, self.backend, self.banner)
+        proto.factory = self
+        return proto
+
+
+def telnet_console_factory(backend: CommandBackend, banner: str) -> protocol.ServerFactory:
+    """A factory of telnet console sessions, all driving ``backend``.
+
+    Each connection gets its own :class:`TelnetConsole` (with line editing
+    and history); ``quit`` closes only that session. Listen on loopback only:
+    the console is unauthenticated.
+    """
+    return _TelnetConsoleFactory(backend, banner)
+
+
+# ---------------------------------------------------------------------------
+# manhole
+
+
+@implementer(checkers.ICredentialsChecker)
+class _SinglePasswordChecker:
+    """Accepts exactly one username/password pair, compared in constant time."""
+
+    credentialInterfaces = (credentials.IUsernamePassword,)
+
+    def __init__(self, username: str, password: str) -> None:
+        self._username = username.encode("utf-8")
+        self._password = password.encode("utf-8")
+
+    def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred:
+        username = _as_bytes(creds.username)
+        # Both comparisons always run, so timing does not reveal which one failed.
+        user_ok = hmac.compare_digest(username, self._username)
+        password_ok = hmac.compare_digest(_as_bytes(creds.password), self._password)
+        if user_ok and password_ok:
+            return defer.succeed(username)
+        return defer.fail(error.UnauthorizedLogin())
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+
+
+@implementer(portal.IRealm)
+class _ManholeRealm:
+    """Hands each authenticated telnet user a ColoredManhole on ``namespace``."""
+
+    def __init__(self, namespace: dict) -> None:
+        self.namespace = namespace
+
+    def requestAvatar(self, avatarId, mind, *interfaces_):
+        if telnet.ITelnetProtocol not in interfaces_:
+            raise NotImplementedError("the manhole only serves telnet")
+        log.info("manhole login by {user!r}", user=avatarId)
+        shell = _TelnetBootstrap(insults.ServerProtocol, manhole.ColoredManhole, self.namespace)
+        return telnet.ITelnetProtocol, shell, lambda: None
+
+
+class _ManholeLogin(telnet.AuthenticatingTelnetProtocol):
+    """AuthenticatingTelnetProtocol, hardened a little.
+
+    * a trailing CR is stripped from the username and password lines;
+    * login does not wait forever when the client refuses to switch echo off
+      for the password (the stock class never logs such a client in);
+    * the connection is dropped after MAX_LOGIN_ATTEMPTS failures.
+    """
+
+    failures = 0
+
+    def telnet_User(self, line: bytes) -> str:
+        self.username = line.rstrip(b"\r")
+        # Ask the client to stop echoing (the password); fine if it refuses.
+        self.transport.will(telnet.ECHO).addErrback(lambda f: None)
+        self.transport.write(b"Password: ")
+        return "Password"
+
+    def telnet_Password(self, line: bytes) -> str:
+        username, password = self.username, line.rstrip(b"\r")
+        del self.username
+
+        def login(_ignored: object) -> None:
+            creds = credentials.UsernamePassword(username, password)
+            d = self.portal.login(creds, None, telnet.ITelnetProtocol)
+            d.addCallbacks(self._cbLogin, self._ebLogin)
+
+        # Turn client echo back on first; if echo never got switched off (or
+        # the client has not answered yet) wont() fails at once - log in anyway.
+        self.transport.wont(telnet.ECHO).addBoth(login)
+        return "Discard"
+
+    def _ebLogin(self, failure: Failure) -> None:
+        self.failures += 1
+        log.warn("manhole login failed ({n} of {max})", n=self.failures, max=MAX_LOGIN_ATTEMPTS)
+        if self.failures >= MAX_LOGIN_ATTEMPTS:
+            self.transport.write(b"\nAuthentication failed\n")
+            self.transport.loseConnection()
+            return
+        super()._ebLogin(failure)
+
+
+def manhole_factory(namespace: dict, username: str, password: str) -> protocol.ServerFactory:
+    """A telnet factory for a Python shell into the running peer.
+
+    Users log in with ``username``/``password`` and get a
+    :class:`twisted.conch.manhole.ColoredManhole` whose locals start as a copy
+    of ``namespace`` (the objects in it are shared, so it can inspect and
+    modify the live peer). Telnet is cleartext: bind to loopback only.
+    """
+    manhole_portal = portal.Portal(_ManholeRealm(namespace),
+                                   [_SinglePasswordChecker(username, password)])
+    factory = protocol.ServerFactory()
+    factory.protocol = functools.partial(_TelnetTransport, _ManholeLogin, manhole_portal)
+    return factory

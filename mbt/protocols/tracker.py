@@ -1,0 +1,199 @@
+"""The tracker control channel: one JSON object per line, both directions.
+
+Request: ``{"id": 7, "op": "list_files", "group": "g"}``.
+Reply:   ``{"id": 7, "ok": {...}}`` or ``{"id": 7, "error": {"code": "...", "message": "..."}}``.
+
+Requests may be pipelined; replies carry the request's ``id`` and may come
+back in any order. See ``docs/protocol.rst`` for every operation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Dict, Optional
+
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
+
+from mbt.errors import MbtError, TrackerUnavailable
+
+log = Logger(namespace="mbt.tracker.protocol")
+
+#: Longest accepted line (a manifest of a 100 GiB file is ~14 MB of JSON).
+MAX_LINE = 16 * 1024 * 1024
+#: Requests one connection may have in flight before it is told to slow down.
+MAX_IN_FLIGHT = 64
+#: Keys that never appear in logs.
+SECRET_KEYS = {"password", "token", "password_record", "ticket"}
+
+
+def encode(obj: dict) -> bytes:
+    """One protocol line (without the delimiter)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def error_reply(req_id, code: str, message: str) -> dict:
+    """A typed error reply."""
+    return {"id": req_id, "error": {"code": code, "message": message}}
+
+
+class TrackerServerProtocol(LineOnlyReceiver):
+    """Server side: decode a request, hand it to the core, write the reply."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE
+
+    def connectionMade(self) -> None:
+        from mbt.tracker.service import Connection
+        peer = self.transport.getPeer()
+        self.conn = Connection("%s:%s" % (getattr(peer, "host", "?"), getattr(peer, "port", "?")))
+        self.in_flight = 0
+        self.factory.connections.add(self)
+
+    def connectionLost(self, reason=protocol.connectionDone) -> None:
+        self.factory.connections.discard(self)
+        self.factory.core.connection_lost(self.conn)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        log.warn("line over {max} bytes from {remote}; closing", max=self.MAX_LENGTH, remote=self.conn.remote)
+        self._send(error_reply(None, "line_too_long", "line longer than %d bytes" % self.MAX_LENGTH))
+        self.transport.loseConnection()
+
+    def lineReceived(self, line: bytes) -> None:
+        line = line.rstrip(b"\r")
+        if not line.strip():
+            return
+        try:
+            req = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            self._send(error_reply(None, "bad_json", "a request is one JSON object per line"))
+            return
+        if not isinstance(req, dict):
+            self._send(error_reply(None, "bad_request", "a request must be a JSON object"))
+            return
+        req_id = req.get("id")
+        if not isinstance(req_id, (int, str)) or isinstance(req_id, bool) or len(str(req_id)) > 64:
+            self._send(error_reply(None, "bad_request", "every request needs an \"id\" (integer or short string)"))
+            return
+        if self.in_flight >= MAX_IN_FLIGHT:
+            self._send(error_reply(req_id, "busy", "too many requests in flight on this connection"))
+            return
+        self.in_flight += 1
+        op = req.get("op")
+        d = self.factory.core.handle(self.conn, req)
+        d.addCallbacks(self._ok, self._failed, callbackArgs=(req_id, op), errbackArgs=(req_id, op))
+
+    def _ok(self, result: dict, req_id, op) -> None:
+        self.in_flight -= 1
+        log.info("{op} by {user} from {remote}: ok", op=op, user=self.conn.user, remote=self.conn.remote)
+        self._send({"id": req_id, "ok": result})
+
+    def _failed(self, failure: Failure, req_id, op) -> None:
+        self.in_flight -= 1
+        if failure.check(MbtError):
+            err = failure.value
+            log.info("{op} by {user} from {remote}: {code}", op=op, user=self.conn.user,
+                     remote=self.conn.remote, code=err.code)
+            self._send(error_reply(req_id, err.code, err.message))
+        else:
+            # Never send internal details to the remote side; log them here.
+            log.failure("{op} from {remote} failed internally", failure, op=op, remote=self.conn.remote)
+            self._send(error_reply(req_id, "internal", "internal tracker error"))
+
+    def _send(self, obj: dict) -> None:
+        if self.transport is not None and self.connected:
+            self.sendLine(encode(obj))
+
+
+class TrackerServerFactory(protocol.ServerFactory):
+    """Builds server protocols sharing one :class:`TrackerCore`."""
+
+    protocol = TrackerServerProtocol
+    noisy = False
+
+    def __init__(self, core) -> None:
+        self.core = core
+        self.connections = set()
+
+    def disconnect_all(self) -> None:
+        """Drop every client connection (tracker shutdown)."""
+        for p in list(self.connections):
+            p.transport.loseConnection()
+
+
+class TrackerClientProtocol(LineOnlyReceiver):
+    """Client side: ``request(op, **args)`` returns a Deferred of the ``ok`` dict.
+
+    A typed error reply fails the Deferred with :class:`MbtError` carrying the
+    tracker's code and message; a lost connection fails every pending request
+    with :class:`TrackerUnavailable`.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._pending: Dict[int, defer.Deferred] = {}
+        self.on_lost = None
+
+    def request(self, op: str, **args) -> defer.Deferred:
+        """Send one request; fires with the result dict or fails with MbtError."""
+        if not self.connected:
+            return defer.fail(TrackerUnavailable("not connected to a tracker"))
+        req_id = next(self._ids)
+        d = defer.Deferred(canceller=lambda _d: self._pending.pop(req_id, None))
+        self._pending[req_id] = d
+        msg = dict(args)
+        msg["id"] = req_id
+        msg["op"] = op
+        self.sendLine(encode(msg))
+        return d
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            reply = json.loads(line)
+            req_id = reply.get("id")
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            log.warn("unreadable line from tracker; closing")
+            self.transport.loseConnection()
+            return
+        d = self._pending.pop(req_id, None) if isinstance(req_id, int) else None
+        if d is not None and d.called:     # already timed out on our side
+            return
+        if d is None:
+            err = reply.get("error") if isinstance(reply, dict) else None
+            if err:
+                log.warn("tracker error not tied to a request: {err}", err=err)
+            return
+        if "ok" in reply:
+            d.callback(reply["ok"] if isinstance(reply["ok"], dict) else {})
+        else:
+            err = reply.get("error") or {}
+            d.errback(MbtError(str(err.get("message", "tracker error")), str(err.get("code", "error"))))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        log.warn("tracker sent an over-long line; closing")
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason=protocol.connectionDone) -> None:
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            if not d.called:
+                d.errback(TrackerUnavailable("connection to the tracker was lost"))
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+
+class TrackerClientFactory(protocol.Factory):
+    """Factory for :class:`TrackerClientProtocol` (used with endpoints)."""
+
+    protocol = TrackerClientProtocol
+
+    def buildProtocol(self, addr) -> Optional[TrackerClientProtocol]:
+        p = self.protocol()
+        p.factory = self
+        return p

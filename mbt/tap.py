@@ -1,0 +1,98 @@
+"""twistd plugins: ``Options`` and ``makeService`` for the tracker and the peer."""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.python import usage
+
+from mbt.errors import ConfigError
+
+
+def tracker_endpoint(host: str, port: int) -> str:
+    """A server endpoint string for a tracker address."""
+    host = host.replace(":", "\\:")
+    return "tcp:%d:interface=%s" % (port, host)
+
+
+class TrackerOptions(usage.Options):
+    """``twistd mbt-tracker --info TRACKER_INFO --no N [--state-dir DIR]``."""
+
+    synopsis = "--info TRACKER_INFO --no N [--state-dir DIR]"
+    optParameters = [
+        ["info", "i", "tracker_info.txt", "file listing every tracker (IP:PORT per line)"],
+        ["no", "n", None, "which tracker this is: 1-based line of the info file"],
+        ["state-dir", "s", None, "where the tracker keeps its database "
+         "(default ~/.local/share/mbt/tracker-N)"],
+    ]
+
+    def postOptions(self) -> None:
+        if self["no"] is None:
+            raise usage.UsageError("--no N is required (which line of the tracker info file)")
+        try:
+            self["no"] = int(self["no"])
+        except ValueError:
+            raise usage.UsageError("--no must be a number, got %r" % self["no"])
+        try:
+            resolve_tracker(self)
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
+
+
+def resolve_tracker(config) -> None:
+    """Fill ``config['address']`` and ``config['state-dir']`` from the info file."""
+    from mbt.trackerinfo import load_tracker_info, select_tracker
+    from mbt.tracker.service import default_state_dir
+    trackers = load_tracker_info(config["info"])
+    me = select_tracker(trackers, config["no"], config["info"])
+    config["address"] = me
+    config["trackers"] = trackers
+    if not config.get("state-dir"):
+        config["state-dir"] = default_state_dir("tracker-%d" % config["no"])
+
+
+def makeTrackerService(config) -> service.IService:
+    """The tracker as a twistd service."""
+    from mbt.tracker.service import TrackerService
+    me = config["address"]
+    try:
+        svc = TrackerService(tracker_endpoint(me.host, me.port), config["state-dir"])
+    except ConfigError as e:
+        raise SystemExit("error: %s" % e)
+    top = service.MultiService()
+    svc.setServiceParent(top)
+    return top
+
+
+class PeerOptions(usage.Options):
+    """``twistd mbt-peer --address IP:PORT --info TRACKER_INFO --console ENDPOINT ...``."""
+
+    synopsis = ("--address IP:PORT --info TRACKER_INFO --console tcp:PORT:interface=127.0.0.1"
+                " [--manhole tcp:PORT:interface=127.0.0.1] [--state-dir DIR]")
+    optParameters = [
+        ["address", "a", None, "IP:PORT where this peer serves pieces"],
+        ["info", "i", "tracker_info.txt", "file listing every tracker"],
+        ["console", "c", None, "endpoint of the telnet command console, e.g. tcp:7100:interface=127.0.0.1"],
+        ["manhole", "m", None, "endpoint of a password-protected Python shell (off by default)"],
+        ["state-dir", "s", None, "where the peer keeps shares and downloads"],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["address"]:
+            raise usage.UsageError("--address IP:PORT is required")
+        if not self["console"]:
+            raise usage.UsageError("--console ENDPOINT is required (e.g. tcp:7100:interface=127.0.0.1)")
+        for key in ("console", "manhole"):
+            ep = self[key]
+            if ep and ep.startswith("tcp:") and "interface=" not in ep:
+                # A console or shell into the peer never listens beyond this machine by default.
+                self[key] = ep + ":interface=127.0.0.1"
+
+
+def makePeerService(config) -> service.IService:
+    """The peer as a twistd service."""
+    from mbt.peer.runner import PeerService
+    try:
+        return PeerService(config["address"], config["info"], config["state-dir"],
+                           config["console"], config["manhole"])
+    except ConfigError as e:
+        raise SystemExit("error: %s" % e)

@@ -1,0 +1,306 @@
+"""The tracker: request handling over :class:`TrackerState`, durability, services.
+
+:class:`TrackerCore` turns one decoded request into a result (or a typed
+error): it checks the session, runs slow password hashing off the reactor
+thread, applies durable operations to the state and appends them to the store.
+The protocol module only frames requests and replies; this module is where the
+tracker's behaviour lives.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Callable, Dict, Optional
+
+from twisted.application import service, strports
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+
+from mbt import passwords
+from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, check_file_name, check_id
+from mbt.manifest import Manifest
+from mbt.tracker.state import TrackerState
+from mbt.trackerinfo import parse_address
+
+log = Logger(namespace="mbt.tracker")
+
+
+class Connection:
+    """What the tracker knows about one client connection."""
+
+    def __init__(self, remote: str = "?") -> None:
+        self.remote = remote
+        self.session_id: Optional[str] = None
+        self.user: Optional[str] = None
+        self.token: Optional[str] = None
+
+
+def _str_arg(req: dict, key: str) -> str:
+    value = req.get(key)
+    if not isinstance(value, str):
+        raise InvalidArgument("missing or non-string argument %r" % key)
+    return value
+
+
+def _password(req: dict) -> str:
+    pw = _str_arg(req, "password")
+    if not pw or len(pw.encode("utf-8", "surrogatepass")) > passwords.MAX_PASSWORD_BYTES:
+        raise InvalidArgument("password must be 1-%d bytes" % passwords.MAX_PASSWORD_BYTES)
+    if any(c.isspace() for c in pw):
+        raise InvalidArgument("password must not contain spaces")
+    return pw
+
+
+class TrackerCore:
+    """Executes tracker requests against the state and the store.
+
+    ``run_in_thread`` runs blocking work (password hashing); tests pass a
+    synchronous stand-in.
+    """
+
+    def __init__(self, state: TrackerState, store, run_in_thread: Callable = threads.deferToThread) -> None:
+        self.state = state
+        self.store = store
+        self.run_in_thread = run_in_thread
+        self._session_counter = 0
+        self._handlers: Dict[str, tuple] = {
+            "ping": (self.op_ping, False),
+            "create_user": (self.op_create_user, False),
+            "login": (self.op_login, False),
+            "logout": (self.op_logout, True),
+            "create_group": (self.op_create_group, True),
+            "list_groups": (self.op_list_groups, True),
+            "join_group": (self.op_join_group, True),
+            "leave_group": (self.op_leave_group, True),
+            "list_requests": (self.op_list_requests, True),
+            "accept_request": (self.op_accept_request, True),
+            "reject_request": (self.op_reject_request, True),
+            "list_files": (self.op_list_files, True),
+            "share_file": (self.op_share_file, True),
+            "stop_share": (self.op_stop_share, True),
+            "get_peers": (self.op_get_peers, True),
+        }
+
+    @property
+    def operations(self):
+        """Names of every request operation."""
+        return sorted(self._handlers)
+
+    def load(self) -> int:
+        """Rebuild the durable state from the store; return the number of operations."""
+        count = 0
+        for _seq, op in self.store.load():
+            try:
+                self.state.apply(op)
+            except MbtError as e:   # a logged op is always valid; say so loudly if not
+                log.error("stored operation {op!r} no longer applies: {err}", op=op, err=e.message)
+            count += 1
+        return count
+
+    def handle(self, conn: Connection, req: dict) -> defer.Deferred:
+        """Run one request; the Deferred fires with a result dict or fails with MbtError."""
+        op = req.get("op")
+        entry = self._handlers.get(op) if isinstance(op, str) else None
+        if entry is None:
+            return defer.fail(MbtError("unknown operation %r" % (op,), "unknown_op"))
+        handler, needs_login = entry
+        if needs_login and conn.user is None:
+            return defer.fail(NotLoggedIn())
+        return defer.maybeDeferred(handler, conn, req)
+
+    def connection_lost(self, conn: Connection) -> None:
+        """A dropped connection is a logged-out peer: it stops being a seeder."""
+        if conn.session_id is not None:
+            self.state.close_session(conn.session_id)
+            log.info("session of {user} ended (connection lost)", user=conn.user)
+        conn.session_id = conn.user = conn.token = None
+
+    def _commit(self, op: dict) -> dict:
+        result = self.state.apply(op)
+        self.store.append(op)
+        return result
+
+    # -- operations -----------------------------------------------------
+
+    def op_ping(self, conn: Connection, req: dict) -> dict:
+        return {}
+
+    @defer.inlineCallbacks
+    def op_create_user(self, conn: Connection, req: dict):
+        user = check_id("user id", req.get("user"))
+        pw = _password(req)
+        if self.state.password_record(user) is not None:
+            raise MbtError("user %s already exists" % user, "user_exists")
+        record = yield self.run_in_thread(passwords.make_record, pw)
+        return self._commit({"op": "create_user", "user": user, "password_record": record})
+
+    @defer.inlineCallbacks
+    def op_login(self, conn: Connection, req: dict):
+        user = check_id("user id", req.get("user"))
+        pw = _password(req)
+        address = _str_arg(req, "address")
+        try:
+            parse_address(address)
+        except ValueError as e:
+            raise InvalidArgument("bad peer address %r: %s" % (address, e))
+        if conn.user is not None:
+            raise MbtError("already logged in as %s; logout first" % conn.user, "already_logged_in")
+        ok = yield self.run_in_thread(passwords.verify, self.state.password_record(user), pw)
+        if not ok:
+            # One message for a missing user and a wrong password: no user enumeration.
+            raise MbtError("wrong user id or password", "bad_credentials")
+        if conn.user is not None:   # a racing second login on the same connection
+            raise MbtError("already logged in as %s; logout first" % conn.user, "already_logged_in")
+        self._session_counter += 1
+        conn.session_id = "%d-%s" % (self._session_counter, secrets.token_hex(4))
+        conn.user = user
+        conn.token = secrets.token_urlsafe(24)
+        self.state.open_session(conn.session_id, user, address)
+        return {"user": user, "token": conn.token}
+
+    def op_logout(self, conn: Connection, req: dict) -> dict:
+        user = conn.user
+        self.state.close_session(conn.session_id)
+        conn.session_id = conn.user = conn.token = None
+        return {"user": user}
+
+    def op_create_group(self, conn: Connection, req: dict) -> dict:
+        return self._commit({"op": "create_group", "user": conn.user, "group": req.get("group")})
+
+    def op_list_groups(self, conn: Connection, req: dict) -> dict:
+        return {"groups": self.state.list_groups()}
+
+    def op_join_group(self, conn: Connection, req: dict) -> dict:
+        return self._commit({"op": "join_group", "user": conn.user, "group": req.get("group")})
+
+    def op_leave_group(self, conn: Connection, req: dict) -> dict:
+        return self._commit({"op": "leave_group", "user": conn.user, "group": req.get("group")})
+
+    def op_list_requests(self, conn: Connection, req: dict) -> dict:
+        return {"requests": self.state.list_requests(conn.user, req.get("group"))}
+
+    def op_accept_request(self, conn: Connection, req: dict) -> dict:
+        return self._commit({"op": "accept_request", "owner": conn.user,
+                             "group": req.get("group"), "user": req.get("user")})
+
+    def op_reject_request(self, conn: Connection, req: dict) -> dict:
+        return self._commit({"op": "reject_request", "owner": conn.user,
+                             "group": req.get("group"), "user": req.get("user")})
+
+    def op_list_files(self, conn: Connection, req: dict) -> dict:
+        return {"files": self.state.list_files(conn.user, req.get("group"))}
+
+    def op_share_file(self, conn: Connection, req: dict) -> dict:
+        group = check_id("group id", req.get("group"))
+        manifest = Manifest.from_dict(req.get("manifest"))
+        entry = self.state.files.get((group, manifest.name))
+        if (entry is not None and conn.user in entry.sharers
+                and entry.manifest.file_hash == manifest.file_hash
+                and self.state.is_member(conn.user, group)):
+            # Re-announcing (e.g. at login): nothing durable changes, log nothing.
+            m = entry.manifest
+            result = {"group": group, "name": m.name, "size": m.size, "pieces": m.pieces,
+                      "sharers": len(entry.sharers)}
+        else:
+            result = self._commit({"op": "share_file", "user": conn.user, "group": group,
+                                   "manifest": manifest.to_dict()})
+        self.state.announce(conn.session_id, group, manifest.name)
+        return result
+
+    def op_stop_share(self, conn: Connection, req: dict) -> dict:
+        name = check_file_name(req.get("name"))
+        return self._commit({"op": "stop_share", "user": conn.user, "group": req.get("group"),
+                             "name": name})
+
+    def op_get_peers(self, conn: Connection, req: dict) -> dict:
+        return self.state.get_peers(conn.user, req.get("group"), req.get("name"),
+                                    exclude_session=conn.session_id or "")
+
+
+def default_state_dir(kind: str) -> str:
+    """A per-user data directory, e.g. ``~/.local/share/mbt/tracker-1``."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "mbt", kind)
+
+
+def ensure_state_dir(path: str) -> str:
+    """Create the state dir (mode 0700) if needed; raise ConfigError if unusable."""
+    from mbt.errors import ConfigError
+    path = os.path.abspath(os.path.expanduser(path))
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+    except OSError as e:
+        raise ConfigError("cannot use state dir %s: %s" % (path, e.strerror or e))
+    if not os.access(path, os.W_OK):
+        raise ConfigError("state dir %s is not writable" % path)
+    return path
+
+
+class StateDirLock:
+    """An exclusive lock on a state dir, so two processes never share one."""
+
+    def __init__(self, state_dir: str) -> None:
+        import fcntl
+        from mbt.errors import ConfigError
+        self.path = os.path.join(state_dir, "lock")
+        self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._fd)
+            raise ConfigError("state dir %s is in use by another mbt process" % state_dir)
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, b"%d\n" % os.getpid())
+
+    def release(self) -> None:
+        """Release the lock."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class TrackerService(service.Service):
+    """One tracker: loads its state, listens on its address, closes the store on stop."""
+
+    def __init__(self, endpoint: str, state_dir: str, reactor=None) -> None:
+        from mbt.tracker.store import SQLiteStore
+        from mbt.protocols.tracker import TrackerServerFactory
+        self.state_dir = ensure_state_dir(state_dir)
+        self.lock = StateDirLock(self.state_dir)
+        self.store = SQLiteStore(os.path.join(self.state_dir, "tracker.sqlite3"))
+        self.core = TrackerCore(TrackerState(), self.store)
+        self.loaded = self.core.load()
+        self.factory = TrackerServerFactory(self.core)
+        self.endpoint = endpoint
+        self._reactor = reactor
+        self.port = None
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        from twisted.internet import endpoints
+        if self._reactor is None:
+            from twisted.internet import reactor as _r
+            self._reactor = _r
+        ep = endpoints.serverFromString(self._reactor, self.endpoint)
+        d = ep.listen(self.factory)
+
+        def listening(port):
+            self.port = port
+            addr = port.getHost()
+            log.info("tracker listening on {host}:{port}; state in {dir} ({n} operations loaded)",
+                     host=addr.host, port=addr.port, dir=self.state_dir, n=self.loaded)
+            return port
+        d.addCallback(listening)
+        self.listening = d
+
+    def stopService(self):
+        service.Service.stopService(self)
+        d = defer.maybeDeferred(self.port.stopListening) if self.port is not None else defer.succeed(None)
+
+        def close(_):
+            self.factory.disconnect_all()
+            self.store.close()
+            self.lock.release()
+        return d.addBoth(close)

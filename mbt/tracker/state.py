@@ -1,0 +1,326 @@
+"""The tracker's state: accounts, groups, join requests, the file registry, presence.
+
+Pure logic, no I/O. Durable changes are *operations* (plain JSON-ready dicts)
+applied by :meth:`TrackerState.apply`: it validates the operation against the
+current state and either raises an :class:`MbtError` leaving the state untouched,
+or mutates the state and returns a result. Replaying the same operations in the
+same order always rebuilds the same state, which is what the store (durability)
+and replication between trackers rely on.
+
+Presence (who is logged in right now, from which peer address, announcing which
+files) is not durable: it lives in :class:`Session` objects that disappear when
+their connection does.
+
+Rules worth knowing:
+
+* A group's ``members`` list is kept in join order; the owner is a member.
+* When the owner leaves, the oldest remaining member becomes owner; when the
+  last member leaves, the group and its file registry are deleted.
+* A member leaving a group stops sharing every file in that group; a file with
+  no sharer left disappears from the registry.
+* A file is registered under its name in a group; the same name with the same
+  whole-file hash adds a sharer, a different hash is a ``file_conflict``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Set, Tuple
+
+from mbt.errors import MbtError, check_file_name, check_id
+from mbt.manifest import Manifest
+
+
+def _err(code: str, message: str) -> MbtError:
+    return MbtError(message, code)
+
+
+@dataclass
+class Group:
+    """A group: owner, members in join order, pending requests in request order."""
+
+    group_id: str
+    owner: str
+    members: List[str] = field(default_factory=list)
+    requests: List[str] = field(default_factory=list)
+
+
+@dataclass
+class SharedFile:
+    """A file registered in a group, with the users that share it (durably)."""
+
+    manifest: Manifest
+    sharers: Set[str] = field(default_factory=set)
+
+
+@dataclass
+class Session:
+    """A logged-in connection: who, from which peer address, announcing what."""
+
+    session_id: str
+    user: str
+    address: str
+    shares: Set[Tuple[str, str]] = field(default_factory=set)  # (group, name)
+
+
+class TrackerState:
+    """Accounts, groups, requests and files (durable) plus sessions (ephemeral)."""
+
+    def __init__(self) -> None:
+        self.users: Dict[str, str] = {}            # user id -> password record
+        self.groups: Dict[str, Group] = {}
+        self.files: Dict[Tuple[str, str], SharedFile] = {}
+        self.sessions: Dict[str, Session] = {}
+
+    # ------------------------------------------------------------------
+    # durable operations
+
+    def apply(self, op: dict) -> dict:
+        """Validate and apply one durable operation; return its result dict.
+
+        Raises MbtError (and changes nothing) when the operation is not valid
+        in the current state.
+        """
+        name = op.get("op") if isinstance(op, dict) else None
+        handler = getattr(self, "_op_" + name, None) if isinstance(name, str) else None
+        if handler is None:
+            raise _err("unknown_op", "unknown operation %r" % (name,))
+        return handler(op)
+
+    def _op_create_user(self, op: dict) -> dict:
+        user = check_id("user id", op.get("user"))
+        record = op.get("password_record")
+        if not isinstance(record, str) or not record:
+            raise _err("invalid_argument", "missing password record")
+        if user in self.users:
+            raise _err("user_exists", "user %s already exists" % user)
+        self.users[user] = record
+        return {"user": user}
+
+    def _op_create_group(self, op: dict) -> dict:
+        user = self._known_user(op.get("user"))
+        group = check_id("group id", op.get("group"))
+        if group in self.groups:
+            raise _err("group_exists", "group %s already exists" % group)
+        self.groups[group] = Group(group, owner=user, members=[user])
+        return {"group": group, "owner": user}
+
+    def _op_join_group(self, op: dict) -> dict:
+        user = self._known_user(op.get("user"))
+        g = self._group(op.get("group"))
+        if user in g.members:
+            raise _err("already_member", "you are already a member of group %s" % g.group_id)
+        if user in g.requests:
+            raise _err("already_requested",
+                       "you already asked to join group %s; wait for its owner %s to accept"
+                       % (g.group_id, g.owner))
+        g.requests.append(user)
+        return {"group": g.group_id, "owner": g.owner}
+
+    def _op_leave_group(self, op: dict) -> dict:
+        user = self._known_user(op.get("user"))
+        g = self._group(op.get("group"))
+        if user not in g.members:
+            if user in g.requests:
+                g.requests.remove(user)     # leaving withdraws a pending request
+                return {"group": g.group_id, "withdrawn": True}
+            raise _err("not_member", "you are not a member of group %s" % g.group_id)
+        g.members.remove(user)
+        for key in [k for k in self.files if k[0] == g.group_id]:
+            self._drop_sharer(key, user)
+        result = {"group": g.group_id, "deleted": False, "owner": g.owner}
+        if not g.members:
+            del self.groups[g.group_id]
+            for key in [k for k in self.files if k[0] == g.group_id]:
+                del self.files[key]
+            result["deleted"] = True
+            result["owner"] = None
+        elif g.owner == user:
+            g.owner = g.members[0]          # the oldest remaining member
+            result["owner"] = g.owner
+        return result
+
+    def _op_accept_request(self, op: dict) -> dict:
+        g = self._owned_group(op.get("owner"), op.get("group"))
+        user = check_id("user id", op.get("user"))
+        if user not in g.requests:
+            raise _err("no_such_request", "%s has no pending request to join group %s"
+                       % (user, g.group_id))
+        g.requests.remove(user)
+        g.members.append(user)
+        return {"group": g.group_id, "user": user}
+
+    def _op_reject_request(self, op: dict) -> dict:
+        g = self._owned_group(op.get("owner"), op.get("group"))
+        user = check_id("user id", op.get("user"))
+        if user not in g.requests:
+            raise _err("no_such_request", "%s has no pending request to join group %s"
+                       % (user, g.group_id))
+        g.requests.remove(user)
+        return {"group": g.group_id, "user": user}
+
+    def _op_share_file(self, op: dict) -> dict:
+        user = self._known_user(op.get("user"))
+        g = self._member_group(user, op.get("group"))
+        manifest = Manifest.from_dict(op.get("manifest"))
+        key = (g.group_id, manifest.name)
+        entry = self.files.get(key)
+        if entry is None:
+            entry = self.files[key] = SharedFile(manifest)
+        elif entry.manifest.file_hash != manifest.file_hash or entry.manifest.size != manifest.size:
+            raise _err("file_conflict",
+                       "group %s already has a different file named %s; rename yours to share it"
+                       % (g.group_id, manifest.name))
+        entry.sharers.add(user)
+        return {"group": g.group_id, "name": manifest.name, "size": manifest.size,
+                "pieces": manifest.pieces, "sharers": len(entry.sharers)}
+
+    def _op_stop_share(self, op: dict) -> dict:
+        user = self._known_user(op.get("user"))
+        g = self._member_group(user, op.get("group"))
+        name = check_file_name(op.get("name"))
+        entry = self.files.get((g.group_id, name))
+        if entry is None or user not in entry.sharers:
+            raise _err("not_sharing", "you do not share %s in group %s" % (name, g.group_id))
+        self._drop_sharer((g.group_id, name), user)
+        return {"group": g.group_id, "name": name}
+
+    def _drop_sharer(self, key: Tuple[str, str], user: str) -> None:
+        entry = self.files.get(key)
+        if entry is None:
+            return
+        entry.sharers.discard(user)
+        for s in self.sessions.values():
+            if s.user == user:
+                s.shares.discard(key)
+        if not entry.sharers:
+            del self.files[key]
+
+    # ------------------------------------------------------------------
+    # checks shared by operations and queries
+
+    def _known_user(self, user: object) -> str:
+        user = check_id("user id", user)
+        if user not in self.users:
+            raise _err("no_such_user", "no user %s" % user)
+        return user
+
+    def _group(self, group: object) -> Group:
+        group = check_id("group id", group)
+        g = self.groups.get(group)
+        if g is None:
+            raise _err("no_such_group", "no group %s; list_groups shows the groups" % group)
+        return g
+
+    def _member_group(self, user: str, group: object) -> Group:
+        g = self._group(group)
+        if user not in g.members:
+            raise _err("not_member", "you are not a member of group %s; use join_group %s"
+                       % (g.group_id, g.group_id))
+        return g
+
+    def _owned_group(self, owner: object, group: object) -> Group:
+        owner = self._known_user(owner)
+        g = self._group(group)
+        if g.owner != owner:
+            raise _err("not_owner", "only the owner of group %s (%s) can do that" % (g.group_id, g.owner))
+        return g
+
+    # ------------------------------------------------------------------
+    # queries
+
+    def password_record(self, user: str) -> Optional[str]:
+        """The stored password record of ``user``, or None."""
+        return self.users.get(user)
+
+    def list_groups(self) -> List[dict]:
+        """Every group: id, owner and member count, sorted by id."""
+        return [{"group": g.group_id, "owner": g.owner, "members": len(g.members)}
+                for g in sorted(self.groups.values(), key=lambda g: g.group_id)]
+
+    def list_requests(self, owner: str, group: object) -> List[str]:
+        """Pending join requests of a group (owner only), oldest first."""
+        return list(self._owned_group(owner, group).requests)
+
+    def list_files(self, user: str, group: object) -> List[dict]:
+        """Files of a group (members only): name, size, pieces, file hash, online peers."""
+        g = self._member_group(self._known_user(user), group)
+        out = []
+        for (gid, name), entry in sorted(self.files.items()):
+            if gid != g.group_id:
+                continue
+            m = entry.manifest
+            out.append({"name": name, "size": m.size, "pieces": m.pieces,
+                        "file_hash": m.file_hash, "peers": len(self._online_sharers((gid, name)))})
+        return out
+
+    def get_peers(self, user: str, group: object, name: object, exclude_session: str = "") -> dict:
+        """Manifest and online peers (user, address) sharing a file (members only)."""
+        g = self._member_group(self._known_user(user), group)
+        name = check_file_name(name)
+        entry = self.files.get((g.group_id, name))
+        if entry is None:
+            raise _err("no_such_file", "no file %s in group %s; list_files %s shows them"
+                       % (name, g.group_id, g.group_id))
+        peers = [{"user": s.user, "address": s.address}
+                 for s in self._online_sharers((g.group_id, name)) if s.session_id != exclude_session]
+        return {"manifest": entry.manifest.to_dict(), "peers": peers}
+
+    def is_member(self, user: str, group: str) -> bool:
+        """Is ``user`` a member of ``group`` right now?"""
+        g = self.groups.get(group)
+        return g is not None and user in g.members
+
+    def _online_sharers(self, key: Tuple[str, str]) -> List[Session]:
+        entry = self.files.get(key)
+        if entry is None:
+            return []
+        # One entry per peer address: a peer that reconnected is listed once.
+        by_address: Dict[str, Session] = {}
+        for s in sorted(self.sessions.values(), key=lambda s: s.session_id):
+            if key in s.shares and s.user in entry.sharers:
+                by_address[s.address] = s
+        return list(by_address.values())
+
+    # ------------------------------------------------------------------
+    # presence (ephemeral)
+
+    def open_session(self, session_id: str, user: str, address: str) -> Session:
+        """Record a logged-in session (after the password was checked)."""
+        self._known_user(user)
+        s = self.sessions[session_id] = Session(session_id, user, address)
+        return s
+
+    def close_session(self, session_id: str) -> None:
+        """Forget a session: its peer no longer appears as a seeder."""
+        self.sessions.pop(session_id, None)
+
+    def announce(self, session_id: str, group: str, name: str) -> None:
+        """Mark a registered file as served by this session's peer right now."""
+        s = self.sessions[session_id]
+        entry = self.files.get((group, name))
+        if entry is not None and s.user in entry.sharers:
+            s.shares.add((group, name))
+
+    def withdraw(self, session_id: str, group: str, name: str) -> None:
+        """This session's peer stops serving a file (without unregistering it)."""
+        s = self.sessions.get(session_id)
+        if s is not None:
+            s.shares.discard((group, name))
+
+    # ------------------------------------------------------------------
+
+    def digest(self) -> str:
+        """A SHA-256 over the durable state, to compare trackers' states."""
+        h = hashlib.sha256()
+        for u in sorted(self.users):
+            h.update(("u %s %s\n" % (u, self.users[u])).encode())
+        for gid in sorted(self.groups):
+            g = self.groups[gid]
+            h.update(("g %s %s %s %s\n" % (gid, g.owner, ",".join(g.members), ",".join(g.requests))).encode())
+        for key in sorted(self.files):
+            e = self.files[key]
+            h.update(("f %s %s %s %s\n" % (key[0], key[1], e.manifest.file_hash,
+                                           ",".join(sorted(e.sharers)))).encode())
+        return h.hexdigest()
