@@ -42,6 +42,8 @@ STARVED_REFRESH_INTERVAL = 2.0
 NO_PEER_LIMIT = 600.0
 #: A download whose every known peer is banned fails after this long.
 ALL_BANNED_LIMIT = 30.0
+#: A block not delivered within this many seconds is asked of another peer.
+REQUEST_TIMEOUT = 15.0
 #: Progress is saved at most this often (seconds).
 SAVE_INTERVAL = 2.0
 
@@ -143,7 +145,8 @@ class Download:
                 self.have.update(good)
                 if not self.running:
                     return
-            self.picker = PiecePicker(self.manifest.size, have=self.have, rng=self.rng)
+            self.picker = PiecePicker(self.manifest.size, have=self.have, rng=self.rng,
+                                      request_timeout=REQUEST_TIMEOUT)
             self.servable = Servable(self.record.group, self.manifest, self.piece_file, self.have)
             self.node.register_servable(self.servable)
         if self.have:
@@ -230,7 +233,7 @@ class Download:
         if self.known_peers and all(a in self.banned_addresses for a in self.known_peers):
             if self.all_banned_since is None:
                 self.all_banned_since = now
-            elif now - self.all_banned_since > ALL_BANNED_LIMIT:
+            elif now - self.all_banned_since >= ALL_BANNED_LIMIT:
                 self.fail("every peer sharing it sent corrupt data (%d banned)" % len(self.banned_addresses))
         else:
             self.all_banned_since = None

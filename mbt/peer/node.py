@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, check_file_name, check_id
 from mbt.manifest import Manifest, hash_file
 from mbt.peer.download import Download
+from mbt.peer.ratelimit import TokenBucket
 from mbt.peer.serving import Servable
 from mbt.peer.shares import DownloadRecord, Share, ShareStore
 from mbt.peer.storage import PieceFile
@@ -34,7 +35,8 @@ class PeerNode:
     """One peer process: serves pieces on ``address`` and runs the user's commands."""
 
     def __init__(self, address: str, trackers, state_dir: str, reactor,
-                 rng: Optional[random.Random] = None, cwd: Optional[str] = None) -> None:
+                 rng: Optional[random.Random] = None, cwd: Optional[str] = None,
+                 upload_rate: float = 0.0) -> None:
         self.address = address
         self.trackers = trackers
         self.state_dir = state_dir
@@ -49,7 +51,8 @@ class PeerNode:
         self._listeners: List[Callable[[str], None]] = []
         self.tracker = TrackerClient(trackers, reactor, on_connected=self._tracker_connected,
                                      notify=self.notify)
-        self.server_factory = PeerServerFactory(self, reactor)
+        self.upload_limiter = TokenBucket(reactor, upload_rate)
+        self.server_factory = PeerServerFactory(self, reactor, limiter=self.upload_limiter)
         self.port = None
         for record in self.store.downloads.values():
             self.downloads[record.key] = Download(self, record, reactor, self.rng)
@@ -64,6 +67,8 @@ class PeerNode:
 
         def listening(p):
             self.port = p
+            if int(port) == 0:      # tests: the OS chose the port; advertise the real one
+                self.address = "%s:%d" % (host, p.getHost().port)
             self.tracker.start()
             log.info("peer serving on {addr}; state in {dir}", addr=self.address, dir=self.state_dir)
             return p
@@ -377,6 +382,12 @@ class PeerNode:
         self._need_login()
         check_id("group id", group)
         check_file_name(name)
+        # The tracker first: not a member / no such file beat any local problem.
+        info = yield self._request("get_peers", group=group, name=name)
+        manifest = Manifest.from_dict(info.get("manifest"))
+        if not info.get("peers"):
+            raise MbtError("nobody is sharing %s in %s right now; try again later" % (name, group),
+                           "no_peers")
         dest = self.resolve_path(destination)
         if os.path.isdir(dest):
             dest = os.path.join(dest, name)
@@ -397,11 +408,6 @@ class PeerNode:
                            "already_shared")
         if any(d.record.dest == dest and d.status == "D" for d in self.downloads.values()):
             raise InvalidArgument("another download is writing to %s" % dest)
-        info = yield self._request("get_peers", group=group, name=name)
-        manifest = Manifest.from_dict(info.get("manifest"))
-        if not info.get("peers"):
-            raise MbtError("nobody is sharing %s in %s right now; try again later" % (name, group),
-                           "no_peers")
         if os.path.lexists(dest + ".part"):
             raise InvalidArgument("%s.part exists (another program's partial file?); remove it first" % dest)
         record = DownloadRecord(group=group, name=name, dest=dest, manifest=manifest.to_dict())
