@@ -74,6 +74,7 @@ class PeerOptions(usage.Options):
         ["console", "c", None, "endpoint of the telnet command console, e.g. tcp:7100:interface=127.0.0.1"],
         ["manhole", "m", None, "endpoint of a password-protected Python shell (off by default)"],
         ["state-dir", "s", None, "where the peer keeps shares and downloads"],
+        ["upload-rate", "u", "0", "cap on all uploads, e.g. 25M (bytes/s; 0 = none)"],
     ]
 
     def postOptions(self) -> None:
@@ -81,6 +82,11 @@ class PeerOptions(usage.Options):
             raise usage.UsageError("--address IP:PORT is required")
         if not self["console"]:
             raise usage.UsageError("--console ENDPOINT is required (e.g. tcp:7100:interface=127.0.0.1)")
+        from mbt.peer.ratelimit import parse_rate
+        try:
+            self["upload-rate"] = parse_rate(self["upload-rate"])
+        except ValueError as e:
+            raise usage.UsageError("--upload-rate: %s" % e)
         for key in ("console", "manhole"):
             ep = self[key]
             if ep and ep.startswith("tcp:") and "interface=" not in ep:
@@ -93,6 +99,6 @@ def makePeerService(config) -> service.IService:
     from mbt.peer.runner import PeerService
     try:
         return PeerService(config["address"], config["info"], config["state-dir"],
-                           config["console"], config["manhole"])
+                           config["console"], config["manhole"], upload_rate=config["upload-rate"])
     except ConfigError as e:
         raise SystemExit("error: %s" % e)

@@ -58,11 +58,12 @@ class PeerService(service.Service):
     """A peer as a twistd service, with a telnet console and an optional manhole."""
 
     def __init__(self, address: str, info: str, state_dir: Optional[str], console: str,
-                 manhole: Optional[str] = None, reactor=None) -> None:
+                 manhole: Optional[str] = None, reactor=None, upload_rate: float = 0.0) -> None:
         self.address, self.trackers, self.state_dir, self.lock = prepare(address, info, state_dir)
         self.console_endpoint = console
         self.manhole_endpoint = manhole
         self._reactor = reactor
+        self.upload_rate = upload_rate
         self.node = None
         self.ports = []
 
@@ -75,7 +76,8 @@ class PeerService(service.Service):
         reactor = self._reactor
         if reactor is None:
             from twisted.internet import reactor
-        self.node = PeerNode(self.address, self.trackers, self.state_dir, reactor)
+        self.node = PeerNode(self.address, self.trackers, self.state_dir, reactor,
+                             upload_rate=self.upload_rate)
         table = CommandTable(self.node)
         try:
             yield self.node.start()
@@ -114,7 +116,14 @@ def run_client(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("info", metavar="TRACKER_INFO", help="file listing every tracker")
     ap.add_argument("--state-dir", help="where this peer keeps its shares and downloads")
     ap.add_argument("--log-file", help="log file (default: <state-dir>/peer.log)")
+    ap.add_argument("--upload-rate", default="0", help="cap on all uploads, e.g. 25M (bytes/s; 0 = none)")
     args = ap.parse_args(argv)
+    from mbt.peer.ratelimit import parse_rate
+    try:
+        upload_rate = parse_rate(args.upload_rate)
+    except ValueError as e:
+        print("error: --upload-rate: %s" % e, file=sys.stderr)
+        return 2
     try:
         address, trackers, state_dir, lock = prepare(args.address, args.info, args.state_dir)
     except ConfigError as e:
@@ -128,7 +137,7 @@ def run_client(argv: Optional[List[str]] = None) -> int:
     from mbt.peer.node import PeerNode
     from mbt.protocols.console import StdioConsole
 
-    node = PeerNode(address, trackers, state_dir, reactor)
+    node = PeerNode(address, trackers, state_dir, reactor, upload_rate=upload_rate)
     table = CommandTable(node)
     status = {"code": 0, "stopping": False}
 
