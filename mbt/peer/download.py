@@ -12,8 +12,10 @@ hashed and only then renamed to the destination, never over an existing file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+import threading
 import time
 from typing import Callable, Dict, Optional, Set
 
@@ -48,6 +50,56 @@ REQUEST_TIMEOUT = 15.0
 SAVE_INTERVAL = 2.0
 
 
+#: Pieces hashed/written in worker threads at once; beyond this the download stops
+#: asking for more, so memory stays bounded when the disk or CPU lags.
+MAX_VERIFY_BACKLOG = 24
+
+
+class WholeFileHash:
+    """SHA-256 of the whole file, computed while the download runs.
+
+    Pieces arrive in any order; the hash must see them in file order. Worker
+    threads call :meth:`piece_written` after each verified write, which feeds
+    every piece from the cursor on that is already on disk (the piece just
+    written straight from memory, others read back from the page cache). The
+    hash thus trails the download on the spare core instead of re-reading the
+    whole file after the last piece; :meth:`finish` hashes whatever is left.
+    """
+
+    def __init__(self, piece_file: PieceFile, pieces: int) -> None:
+        self.piece_file = piece_file
+        self.written = bytearray(pieces)      # 1 = verified and on disk
+        self.cursor = 0
+        self.sha = hashlib.sha256()
+        self.lock = threading.Lock()
+
+    def piece_written(self, index: int, data=None) -> None:
+        """Thread: piece ``index`` is on disk; advance the hash if nobody else is."""
+        self.written[index] = 1
+        if self.lock.acquire(blocking=False):
+            try:
+                self._advance(index, data)
+            finally:
+                self.lock.release()
+
+    def _advance(self, index: int = -1, data=None) -> None:
+        m = self.piece_file.manifest
+        while self.cursor < len(self.written) and self.written[self.cursor]:
+            if self.cursor == index and data is not None:
+                self.sha.update(data)
+            else:
+                self.sha.update(self.piece_file.read(self.cursor, 0, m.piece_length(self.cursor)))
+            self.cursor += 1
+
+    def finish(self) -> str:
+        """Thread: hash the rest (every piece must be on disk); return the hex digest."""
+        with self.lock:
+            self._advance()
+            if self.cursor != len(self.written):
+                raise IOError("piece %d is not on disk" % self.cursor)
+            return self.sha.hexdigest()
+
+
 class _ClientFactory(protocol.Factory):
     def __init__(self, build: Callable[[], PeerClientProtocol]) -> None:
         self.build = build
@@ -68,6 +120,8 @@ class Download:
         self.status = record.status
         self.reason = record.reason
         self.have: Set[int] = set()
+        self.verified_bytes = 0
+        self.file_hash: Optional[WholeFileHash] = None
         self.picker: Optional[PiecePicker] = None
         self.piece_file: Optional[PieceFile] = None
         self.servable: Optional[Servable] = None
@@ -105,8 +159,7 @@ class Download:
         """Verified share of the file, 0-100."""
         if not self.manifest.size:
             return 100.0 if self.status == "C" else 0.0
-        done = sum(self.manifest.piece_length(i) for i in self.have)
-        return 100.0 * done / self.manifest.size
+        return 100.0 * self.verified_bytes / self.manifest.size
 
     def status_line(self) -> str:
         """One ``show_downloads`` line."""
@@ -140,9 +193,13 @@ class Download:
                 self.fail("cannot write %s: %s" % (self.record.part_path, e.strerror or e))
                 return
             # Resume: trust nothing on disk until it hashes right again.
+            self.file_hash = WholeFileHash(self.piece_file, self.manifest.pieces)
             if self.record.have:
                 good = yield threads.deferToThread(self.piece_file.verify_existing, list(self.record.have))
                 self.have.update(good)
+                self.verified_bytes = sum(self.manifest.piece_length(i) for i in good)
+                for i in good:
+                    self.file_hash.written[i] = 1
                 if not self.running:
                     return
             self.picker = PiecePicker(self.manifest.size, have=self.have, rng=self.rng,
@@ -366,6 +423,8 @@ class Download:
     def _fill(self, conn: PeerClientProtocol) -> None:
         if not self.running or not conn.ready or conn.choked or not conn.connected:
             return
+        if len(self.verifying) >= MAX_VERIFY_BACKLOG:
+            return      # resumed when a verification finishes
         want = PIPELINE_DEPTH - self.picker.outstanding(conn)
         if want <= 0:
             return
@@ -377,8 +436,14 @@ class Download:
     def _verify(self, index: int) -> None:
         buf = self.buffers.pop(index)
         self.verifying.add(index)
-        piece_file = self.piece_file
-        d = threads.deferToThread(piece_file.verify_and_write, index, buf)
+        piece_file, file_hash = self.piece_file, self.file_hash
+
+        def verify_write_hash():      # runs in a worker thread
+            ok = piece_file.verify_and_write(index, buf)
+            if ok:
+                file_hash.piece_written(index, buf)
+            return ok
+        d = threads.deferToThread(verify_write_hash)
 
         def checked(ok):
             self.verifying.discard(index)
@@ -386,12 +451,16 @@ class Download:
                 return
             if ok:
                 self.picker.piece_verified(index)
+                self.verified_bytes += self.manifest.piece_length(index)
                 self.servable.add_piece(index)      # HAVE to our own downloaders at once
                 self._dirty = True
                 if not self.registered:
                     self._register_with_tracker()
                 if self.picker.done and not self.verifying:
                     self._finish()
+                elif len(self.verifying) == MAX_VERIFY_BACKLOG - 1:
+                    for conn in list(self.conns.values()):     # backlog drained: resume
+                        self._fill(conn)
             else:
                 banned = self.picker.piece_failed(index)
                 log.warn("piece {i} of {name} failed its hash check", i=index, name=self.record.name)
@@ -427,11 +496,11 @@ class Download:
         self.running = False
         self._stop_activity()
         self.note = "checking the whole file"
-        if self.manifest.size:
-            digest = yield threads.deferToThread(self.piece_file.file_hash)
-        else:
-            import hashlib
-            digest = hashlib.sha256(b"").hexdigest()
+        try:
+            digest = yield threads.deferToThread(self.file_hash.finish)
+        except (IOError, OSError) as e:
+            self.fail("cannot read back %s: %s" % (self.record.part_path, e))
+            return
         if self.status != "D":
             return
         if digest != self.manifest.file_hash:

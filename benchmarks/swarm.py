@@ -1,0 +1,180 @@
+"""Benchmark jobs run with real mbt processes on loopback (used by run.py and compare.py).
+
+Everything is driven through the consoles exactly as a user's script would:
+``download_file`` is sent, then ``show_downloads`` is polled every 20 ms until
+``[C]``; "end to end" is the time between the two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+import time
+from typing import Dict, List, Optional
+
+from mbt.driver import Console, Process, bin_path, free_port, wait_port
+
+MB = 1e6
+MiB = 1 << 20
+
+
+def make_data(path: str, size: int) -> None:
+    """A file of random bytes (reused between runs if it has the right size)."""
+    if os.path.exists(path) and os.path.getsize(path) == size:
+        return
+    with open(path + ".tmp", "wb") as f:
+        left = size
+        while left:
+            n = min(left, 16 * MiB)
+            f.write(os.urandom(n))
+            left -= n
+    os.replace(path + ".tmp", path)
+
+
+def proc_stats(pid: int) -> Dict[str, float]:
+    """CPU seconds (user+sys) and peak RSS (MiB) of a live process."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    hwm = 0.0
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 1024.0
+    return {"cpu": cpu, "rss": hwm}
+
+
+class Swarm:
+    """One tracker plus seeders sharing ``data`` in group ``bench``."""
+
+    def __init__(self, work: str, data: str, seeders: int, upload_rate: Optional[str] = None) -> None:
+        self.work = work
+        self.data = data
+        self.procs: List[Process] = []
+        self.seeders: List[Console] = []
+        port = free_port()
+        self.info = os.path.join(work, "tracker_info.txt")
+        with open(self.info, "w") as f:
+            f.write("127.0.0.1:%d\n" % port)
+        t = Process([bin_path("mbt-tracker"), self.info, "1", "--state-dir", os.path.join(work, "tracker")],
+                    log=os.path.join(work, "tracker.log"))
+        self.procs.append(t)
+        wait_port(port, 20, t.proc)
+        self.leechers = 0
+        self.rate_args = ["--upload-rate", upload_rate] if upload_rate else []
+        for i in range(seeders):
+            c = self.peer("seed%d" % i, extra=self.rate_args)
+            if i == 0:
+                self.must(c, "create_group bench")
+            else:
+                self.must(c, "join_group bench")
+                self.must(self.seeders[0], "accept_request bench seed%d" % i)
+            t0 = time.monotonic()
+            reply = self.must(c, "upload_file %s bench" % data, timeout=600)
+            self.hash_seconds = time.monotonic() - t0
+            self.seeders.append(c)
+        self.name = os.path.basename(data)
+
+    def must(self, con: Console, line: str, timeout: float = 60) -> str:
+        reply = con.cmd(line, timeout)
+        if reply.startswith("error: "):
+            raise RuntimeError("%s: %r -> %s" % (con.address, line, reply))
+        return reply
+
+    def peer(self, name: str, extra=None) -> Console:
+        d = os.path.join(self.work, name)
+        os.makedirs(d, exist_ok=True)
+        c = Console("127.0.0.1:%d" % free_port(), self.info, os.path.join(d, "state"), cwd=d, extra=extra,
+                    log=os.path.join(d, "console.err"))
+        self.procs.append(c)
+        self.must(c, "create_user %s pw" % name)
+        self.must(c, "login %s pw" % name)
+        return c
+
+    def leecher(self, extra=None) -> Console:
+        self.leechers += 1
+        name = "leech%d" % self.leechers
+        c = self.peer(name, extra=extra)
+        self.must(c, "join_group bench")
+        self.must(self.seeders[0], "accept_request bench %s" % name)
+        os.makedirs(os.path.join(self.work, name, "dl"), exist_ok=True)
+        return c
+
+    def download(self, con: Console, timeout: float = 600) -> float:
+        """Start a download and wait for [C]; return seconds end to end."""
+        t0 = time.monotonic()
+        self.must(con, "download_file bench %s dl" % self.name)
+        return self.wait_done(con, t0, timeout)
+
+    def wait_done(self, con: Console, t0: float, timeout: float = 600) -> float:
+        deadline = t0 + timeout
+        while time.monotonic() < deadline:
+            reply = con.cmd("show_downloads")
+            if reply.startswith("[C]"):
+                return time.monotonic() - t0
+            if reply.startswith("[F]"):
+                raise RuntimeError("download failed: %s" % reply)
+            time.sleep(0.02)
+        raise RuntimeError("download not complete after %.0fs" % timeout)
+
+    def verify(self, con: Console) -> bool:
+        path = os.path.join(self.work, con_name(con, self), "dl", self.name)
+        return files_equal(path, self.data)
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop(5)
+
+
+def con_name(con: Console, swarm: Swarm) -> str:
+    return os.path.basename(os.path.dirname(con.argv[4]))
+
+
+def files_equal(a: str, b: str) -> bool:
+    return subprocess.run(["cmp", "-s", a, b]).returncode == 0
+
+
+def one_to_many_seeders(work: str, data: str, seeders: int = 4, runs: int = 3) -> Dict:
+    """One leecher downloads ``data`` from ``seeders`` seeders; medians over ``runs``."""
+    swarm = Swarm(work, data, seeders)
+    size = os.path.getsize(data)
+    results = []
+    try:
+        for _ in range(runs):
+            leech = swarm.leecher()
+            seeder_cpu0 = sum(proc_stats(s.pid)["cpu"] for s in swarm.seeders)
+            secs = swarm.download(leech)
+            st = proc_stats(leech.pid)
+            seeder_cpu = sum(proc_stats(s.pid)["cpu"] for s in swarm.seeders) - seeder_cpu0
+            ok = swarm.verify(leech)
+            results.append({"seconds": secs, "mbps": size / secs / MB, "cpu": st["cpu"], "rss": st["rss"],
+                            "seeder_cpu": seeder_cpu, "verified": ok})
+            leech.stop(10)
+            shutil.rmtree(os.path.join(work, con_name(leech, swarm), "dl"), ignore_errors=True)
+    finally:
+        swarm.stop()
+    return {"runs": results,
+            "mbps": statistics.median(r["mbps"] for r in results),
+            "cpu": statistics.median(r["cpu"] for r in results),
+            "rss": statistics.median(r["rss"] for r in results),
+            "seeder_cpu_per_gb": statistics.median(r["seeder_cpu"] for r in results) / (size / 1e9),
+            "verified": all(r["verified"] for r in results)}
+
+
+def one_seeder_many_leechers(work: str, data: str, leechers: int = 8, upload_rate: Optional[str] = None) -> Dict:
+    """One seeder, ``leechers`` leechers starting together; total time until all are [C]."""
+    swarm = Swarm(work, data, 1, upload_rate=upload_rate)
+    try:
+        cons = [swarm.leecher(extra=swarm.rate_args) for _ in range(leechers)]
+        t0 = time.monotonic()
+        for c in cons:
+            swarm.must(c, "download_file bench %s dl" % swarm.name)
+        times = [swarm.wait_done(c, t0) for c in cons]
+        ok = all(swarm.verify(c) for c in cons)
+        return {"total_seconds": max(times), "times": times, "verified": ok}
+    finally:
+        swarm.stop()
