@@ -36,6 +36,8 @@ def pieces_of(reqs) -> list:
 
 @dataclass
 class SimPeer:
+    """One remote peer: its pieces, its speed, and the requests it has queued."""
+
     have: set
     speed: float            # blocks served per tick
     liar: bool = False
@@ -283,11 +285,9 @@ def test_pending_piece_is_not_requested_again_until_it_fails():
 def test_endgame_duplicates_the_tail_and_loses_no_block():
     # Given A has every block of the last two pieces outstanding, one piece older
     p = picker(2)
-    sim = Swarm(p, pipeline=2 * BLOCKS)
-    sim.add("A", range(2))
-    sim.add("B", range(2))
-    sim.add("C", range(2))
-    sim.pipeline = BLOCKS
+    sim = Swarm(p, pipeline=BLOCKS)
+    for name in "ABC":
+        sim.add(name, range(2))
     a_reqs = sim.request("A")
     sim.now, sim.pipeline = 1.0, 2 * BLOCKS
     a_reqs += sim.request("A")
@@ -442,28 +442,98 @@ def test_peer_that_sent_a_bad_piece_alone_is_banned():
     assert sim.verified == Counter({i: 1 for i in range(8)})
 
 
-def test_peers_sharing_bad_pieces_are_banned_on_the_second_strike():
-    # Given pieces whose blocks came from both L and H
+def shared_piece(p: PiecePicker, first, second) -> int:
+    """Have ``first`` send half a new piece and ``second`` the other half; return its index."""
+    a = p.next_requests(first, BLOCKS // 2, now=0)
+    b = p.next_requests(second, BLOCKS // 2, now=0)
+    assert len(pieces_of(a + b)) == 1
+    results = [deliver(p, peer, req) for peer, req in [(first, r) for r in a] + [(second, r) for r in b]]
+    assert results[-1].piece_complete
+    return a[0].index
+
+
+def test_peers_sharing_a_bad_piece_get_a_strike_and_then_work_alone():
+    # Given a piece whose blocks came from both L and H
+    p = picker(6)
+    for name in ("L", "H", "X"):
+        p.add_peer(name, range(6))
+    # When it fails its hash
+    banned = p.piece_failed(shared_piece(p, "L", "H"))
+    # Then nobody is banned, both get a strike
+    assert banned == [] and p.strikes("L") == p.strikes("H") == 1 and p.strikes("X") == 0
+    # And from now on each fetches whole pieces alone: H does not finish L's piece,
+    # a clean peer does not either, nor duplicates it in endgame
+    from_l = p.next_requests("L", 2, now=1)
+    from_h = p.next_requests("H", 2, now=1)
+    assert len(pieces_of(from_l + from_h)) == 2
+    assert not set(pieces_of(p.next_requests("X", 100, now=1))) & set(pieces_of(from_l + from_h))
+    assert set(pieces_of(p.next_requests("L", 2, now=1))) == set(pieces_of(from_l))
+
+
+def test_struck_liar_is_banned_by_its_next_bad_piece_and_its_partner_is_cleared():
+    # Given L and H each have a strike from a bad piece they shared
     p = picker(4)
     p.add_peer("L", range(4))
     p.add_peer("H", range(4))
+    p.piece_failed(shared_piece(p, "L", "H"))
+    # When L's next piece, which it fetched alone, fails too
+    reqs = p.next_requests("L", BLOCKS, now=1)
+    for req in reqs:
+        deliver(p, "L", req)
+    # Then L is banned and H's strike is withdrawn: H works with others again
+    assert p.piece_failed(reqs[0].index) == ["L"]
+    assert p.strikes("H") == 0 and not p.is_banned("H")
+    p.add_peer("X", range(4))
+    x_reqs = p.next_requests("X", 2, now=2)
+    assert p.next_requests("H", 2, now=2)[0].index == x_reqs[0].index
 
-    def fetch_shared() -> int:
-        a = p.next_requests("L", 2, now=0)
-        b = p.next_requests("H", 2, now=0)
-        assert pieces_of(a) == pieces_of(b)
-        for req in a:
-            deliver(p, "L", req)
-        results = [deliver(p, "H", req) for req in b]
-        assert results[-1].piece_complete
-        return a[0].index
 
-    # When the first shared piece fails
-    assert p.piece_failed(fetch_shared()) == []
-    # Then both get a strike, nobody is banned yet
-    assert p.strikes("L") == p.strikes("H") == 1 and not p.is_banned("L")
-    # When a second shared piece fails, both reach two strikes and are banned
-    assert sorted(p.piece_failed(fetch_shared())) == ["H", "L"]
+def test_peer_in_two_bad_pieces_with_different_partners_is_banned_on_the_second_strike():
+    # Given L shared one piece with A and another with B, both in flight
+    p = picker(4)
+    for name in ("L", "A", "B"):
+        p.add_peer(name, range(4))
+    with_a = shared_piece(p, "L", "A")
+    with_b = shared_piece(p, "L", "B")
+    # When both fail
+    assert p.piece_failed(with_a) == []
+    banned = p.piece_failed(with_b)
+    # Then L, the only peer common to both, has two strikes and is banned;
+    # A's and B's strikes are withdrawn
+    assert banned == ["L"]
+    assert p.strikes("A") == p.strikes("B") == 0
+
+
+def test_same_suppliers_failing_again_is_no_new_evidence():
+    # Given L and H shared two pieces, both in flight
+    p = picker(4)
+    p.add_peer("L", range(4))
+    p.add_peer("H", range(4))
+    first = shared_piece(p, "L", "H")
+    second = shared_piece(p, "L", "H")
+    # When both fail
+    p.piece_failed(first)
+    # Then the second failure, explained by the same two suspects, adds no strike
+    assert p.piece_failed(second) == []
+    assert p.strikes("L") == p.strikes("H") == 1
+
+
+def test_peers_sharing_two_unexplained_bad_pieces_are_both_banned():
+    # Given L and H shared a piece with M, and then one just between them
+    p = picker(4)
+    for name in ("L", "H", "M"):
+        p.add_peer(name, range(4))
+    a = p.next_requests("L", 2, now=0)
+    b = p.next_requests("H", 1, now=0)
+    c = p.next_requests("M", 1, now=0)
+    for peer, req in [("L", a[0]), ("L", a[1]), ("H", b[0]), ("M", c[0])]:
+        deliver(p, peer, req)
+    two = shared_piece(p, "L", "H")
+    # When both fail: the first gives everyone a strike
+    assert p.piece_failed(a[0].index) == []
+    # Then the second cannot tell L from H: both reach two strikes and are banned
+    assert sorted(p.piece_failed(two)) == ["H", "L"]
+    assert p.strikes("M") == 0
 
 
 def test_failure_explained_by_a_banned_peer_gives_others_no_strike():
@@ -616,17 +686,17 @@ def test_throughput_is_measured_per_peer():
 
 # -------------------------------------------------------- simulated swarm
 
-@settings(max_examples=40, deadline=None, derandomize=True)
-@given(st.data())
-def test_simulated_swarm_completes_every_piece_exactly_once(data):
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(st.integers(0, 2 ** 32))
+def test_simulated_swarm_completes_every_piece_exactly_once(seed):
     # Given N peers with random bitfields and speeds, sometimes a liar,
     # sometimes an honest peer leaving midway, and timeouts running
-    rng = random.Random(data.draw(st.integers(0, 2 ** 32), label="seed"))
-    pieces = data.draw(st.integers(1, 24), label="pieces")
-    size = data.draw(st.integers((pieces - 1) * PIECE_SIZE + 1, pieces * PIECE_SIZE), label="size")
-    npeers = data.draw(st.integers(1, 6), label="peers")
-    liar = data.draw(st.booleans(), label="liar")
-    leaver = data.draw(st.booleans(), label="leaver")
+    # (everything drawn from one seed, so that the cases are evenly spread)
+    rng = random.Random(seed)
+    pieces = rng.randint(1, 40)
+    size = rng.randint((pieces - 1) * PIECE_SIZE + 1, pieces * PIECE_SIZE)
+    npeers = rng.randint(1, 6)
+    liar, leaver = rng.random() < 0.5, rng.random() < 0.5
     p = PiecePicker(size, rng=random.Random(rng.random()), request_timeout=15)
     sim = Swarm(p, pipeline=rng.choice([1, 2, 4, 8]), expire=True)
     bitfields = [{i for i in range(pieces) if rng.random() < 0.5} for _ in range(npeers)]
@@ -646,9 +716,6 @@ def test_simulated_swarm_completes_every_piece_exactly_once(data):
         if leaver and sim.now == 3 and "leaver" in sim.peers:
             sim.leave("leaver")
         sim.tick()
-    # Then every piece completed exactly once (requests were checked as sent)
-    assert p.done and p.have == set(range(pieces)) and p.verified_bytes == size
-    assert sim.verified == Counter({i: 1 for i in range(pieces)})
     # Then, unless the 2-strike rule banned honest peers that shared failed
     # pieces with the liar and the rest do not cover the file, every piece
     # completed exactly once (requests were checked as they were sent)

@@ -15,13 +15,16 @@ Policy, in order of precedence for each :meth:`PiecePicker.next_requests`:
 
 Around that: a throughput EWMA per peer sizes request timeouts and keeps slow
 peers from starting pieces near the end; timed-out requests go back to the
-pool and are not given to the same peer again for a while; a peer that sent
-a piece failing its hash on its own is banned at once, a peer sharing failed
-pieces with others after two strikes. ``docs/piece-selection.rst`` is the
-full specification.
+pool and are not given to the same peer again for a while. A peer that sent
+a piece failing its hash on its own is banned at once; suppliers of a failed
+piece shared with others get a strike, are banned at two, and meanwhile
+fetch whole pieces alone (probation), so a liar's next bad piece convicts it
+and clears its partners. ``docs/piece-selection.rst`` is the full
+specification.
 
 Sanity figure (not a timed test): a simulated full download of a 2048-piece
-(1 GiB) file with 8 peers spends about 0.1 s in the picker on a laptop.
+(1 GiB) file, 8 to 30 peers, pipelines of 4 to 32 blocks, spends 0.05-0.1 s
+in the picker (about 10,000 calls).
 """
 
 from __future__ import annotations
@@ -139,10 +142,11 @@ class PiecePicker:
         self._state = bytearray(n)            # _FRESH everywhere
         self._avail = [0] * n                 # non-banned peers having each piece
         self._have: Set[int] = set()
-        self._have_frozen: Optional[frozenset] = frozenset()
+        self._have_frozen: Optional[frozenset] = None   # cache of ``have``
         self._verified_bytes = 0
         self._started: Dict[int, _Partial] = {}   # insertion order = start order
-        self._open: Dict[int, None] = {}          # started pieces with unrequested blocks
+        self._open: Dict[int, None] = {}          # started pieces with unrequested blocks,
+                                                  # in the order they (re)opened
         self._pending: Dict[int, _Partial] = {}   # all blocks in, hash not checked yet
         self._peers: Dict[Peer, _Peer] = {}
         self._banned: Set[Peer] = set()
@@ -171,7 +175,6 @@ class PiecePicker:
                 self._verified_bytes += self.piece_length(index)
                 self._fresh_count -= 1
         self._buckets[0] = sorted(ranks[i] for i in range(n) if self._state[i] == _FRESH)
-        self._have_frozen = None
 
     # ------------------------------------------------------------------ peers
 
@@ -232,12 +235,10 @@ class PiecePicker:
         #    and to the swarm until its hash is checked.
         if self._open:
             for index in list(self._open):
-                if index in pst.have:
-                    owner = self._started[index].owner
-                    if (owner is None and not alone) or (owner is not None and owner == peer):
-                        self._take(index, peer, pst, limit - len(out), now, out)
-                        if len(out) >= limit:
-                            return out
+                if index in pst.have and self._may_take(index, peer, alone):
+                    self._take(index, peer, pst, limit - len(out), now, out)
+                    if len(out) >= limit:
+                        return out
         # 2. Start new pieces.
         if self._fresh_available():
             rivals = self._rivals(peer, pst)
@@ -247,6 +248,14 @@ class PiecePicker:
                     break
                 self._start(index, peer if alone else None)
                 self._take(index, peer, pst, limit - len(out), now, out)
+        # 2b. Rather than idle, a peer on probation helps with shared pieces
+        #     (a failure there is still caught by the strike count).
+        if alone and len(out) < limit and self._open:
+            for index in list(self._open):
+                if index in pst.have and self._started[index].owner is None:
+                    self._take(index, peer, pst, limit - len(out), now, out)
+                    if len(out) >= limit:
+                        return out
         # 3. Endgame: nothing left that anyone could start.
         if len(out) < limit and not alone and not self._fresh_available():
             self._endgame(peer, pst, limit - len(out), now, out)
@@ -569,6 +578,23 @@ class PiecePicker:
         self._state[index] = _STARTED
         self._started[index] = _Partial(self._blocks(index), owner)
         self._open[index] = None
+
+    def _may_take(self, index: int, peer: Peer, alone: bool) -> bool:
+        """Whether ``peer`` may take open blocks of started piece ``index`` in step 1.
+
+        Pieces a peer on probation fetches alone are its own; a peer on
+        probation claims a piece nobody else has supplied or been asked for.
+        """
+        part = self._started[index]
+        if part.owner is not None:
+            return part.owner == peer
+        if not alone:
+            return True
+        if all(s == peer for s in part.received.values()) and all(
+                len(h) == 1 and peer in h for h in part.requested.values()):
+            part.owner = peer
+            return True
+        return False
 
     def _avoids(self, pst: _Peer, req: BlockRequest, now: float) -> bool:
         until = pst.avoid.get(req)
