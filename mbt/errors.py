@@ -75,7 +75,7 @@ _BAD_NAME_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 def check_id(kind: str, value: object) -> str:
     """Return ``value`` if it is a valid user or group id, else raise InvalidArgument."""
-    if not isinstance(value, str) or not ID_RE.match(value):
+    if not isinstance(value, str) or not ID_RE.fullmatch(value):
         shown = value if isinstance(value, str) and len(value) <= 80 else "<%d chars>" % len(str(value))
         raise InvalidArgument(
             "invalid %s %r: use 1-64 characters of A-Z a-z 0-9 . _ - (not starting with '.')"
@@ -83,10 +83,17 @@ def check_id(kind: str, value: object) -> str:
     return value
 
 
+def _utf8_len_ok(value: str) -> bool:
+    try:
+        return len(value.encode("utf-8")) <= 255     # strict: no lone surrogates
+    except UnicodeEncodeError:
+        return False
+
+
 def check_file_name(value: object) -> str:
     """Return ``value`` if it is a safe base file name, else raise InvalidArgument."""
     if (not isinstance(value, str) or not value or value in (".", "..")
-            or _BAD_NAME_CHARS.search(value) or len(value.encode("utf-8", "surrogatepass")) > 255
+            or _BAD_NAME_CHARS.search(value) or not _utf8_len_ok(value)
             or value != value.strip()):
         raise InvalidArgument("invalid file name %r" % (value if isinstance(value, str) else type(value).__name__))
     return value

@@ -76,7 +76,7 @@ class Manifest:
         hashes = data.get("piece_hashes")
         if type(size) is not int or not 0 <= size <= MAX_FILE_SIZE:
             raise InvalidArgument("manifest size must be an integer 0..%d" % MAX_FILE_SIZE)
-        if psize != PIECE_SIZE:
+        if type(psize) is not int or psize != PIECE_SIZE:
             raise InvalidArgument("manifest piece_size must be %d" % PIECE_SIZE)
         if not _is_hex_digest(fh):
             raise InvalidArgument("manifest file_hash must be 64 lowercase hex digits")

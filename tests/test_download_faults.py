@@ -216,3 +216,18 @@ def test_existing_destination_is_never_overwritten(cluster, tmp_path):
     reply = yield dan.commands.execute("download_file g nosuch.bin dl")
     assert reply.startswith("error: no file nosuch.bin in group g")
     assert (tmp_path / "dl" / "f.bin").read_bytes() == b"mine"
+
+
+@pytest_twisted.inlineCallbacks
+def test_logout_pauses_a_download_and_login_resumes_it(cluster, tmp_path):
+    seeds, dan, sha = yield swarm(cluster, tmp_path, 6 * MiB, rates=[2e6])
+    yield dan.download_file("g", "f.bin", "dl")
+    dl = dan.downloads[("g", "f.bin")]
+    yield wait_for(lambda: len(dl.have) >= 3, 20, what="some pieces")
+    yield dan.logout()
+    line = yield dan.commands.execute("show_downloads")
+    assert line.startswith("[D] [g] f.bin") and "paused until login" in line
+    reply = yield dan.commands.execute("login dan pw-dan")
+    assert "resumed 1 download" in reply
+    assert (yield wait_download(dan, "g", "f.bin", timeout=40)) == "C"
+    assert sha256_file(tmp_path / "dl" / "f.bin") == sha

@@ -200,12 +200,16 @@ class Download:
                 self.verified_bytes = sum(self.manifest.piece_length(i) for i in good)
                 for i in good:
                     self.file_hash.written[i] = 1
-                if not self.running:
+                if not self.running:        # paused while re-checking: start over next time
+                    self.piece_file.close()
+                    self.piece_file = None
+                    self.have.clear()
+                    self.verified_bytes = 0
                     return
             self.picker = PiecePicker(self.manifest.size, have=self.have, rng=self.rng,
                                       request_timeout=REQUEST_TIMEOUT)
             self.servable = Servable(self.record.group, self.manifest, self.piece_file, self.have)
-            self.node.register_servable(self.servable)
+        self.node.register_servable(self.servable)
         if self.have:
             self._register_with_tracker()
         if self.picker.done:

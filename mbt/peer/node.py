@@ -142,8 +142,12 @@ class PeerNode:
             # Even if the tracker is unreachable we stop serving: logout is local first.
             self.user = self._password = None
             self.server_factory.refuse_all("peer logged out")
+            # Close shared files; a paused download keeps its .part file open
+            # and registers it again when it resumes at login.
+            downloading = {id(dl.servable) for dl in self.downloads.values() if dl.servable is not None}
             for s in list(self.servables.values()):
-                s.piece_file.close()
+                if id(s) not in downloading:
+                    s.piece_file.close()
             self.servables.clear()
         return {"user": user, "shares": len(self.store.shares)}
 
