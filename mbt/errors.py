@@ -70,7 +70,7 @@ ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
 
 #: Shared file names: no path separators, no NUL, no control characters, not ``.``/``..``,
 #: at most 255 bytes of UTF-8 (the usual file-system limit).
-_BAD_NAME_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
+_BAD_NAME_CHARS = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def check_id(kind: str, value: object) -> str:

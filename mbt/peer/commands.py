@@ -7,6 +7,7 @@ fails, so a bad command can never kill a console.
 
 from __future__ import annotations
 
+import re
 import shlex
 from typing import Callable, Dict, List, Optional
 
@@ -27,6 +28,27 @@ class Command:
     @property
     def usage(self) -> str:
         return " ".join([self.name] + ["<%s>" % a for a in self.args])
+
+
+#: Where ``str.splitlines`` (and so any line-reading script) breaks a line,
+#: besides the ``\n`` that separates the lines of a reply on purpose. Names and
+#: messages from the tracker may carry them (a file name may hold U+2028).
+_LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every line break turned into a space."""
+    return _LINE_BREAKS.sub(" ", text.replace("\n", " "))
+
+
+def _listed_name(name: str) -> str:
+    """A file name as the first word of a listing line.
+
+    A legal file name may start with ``error: ``; printed as is, its line would
+    read as a failure. Such a name is shown shell-quoted (as ``download_file``
+    accepts it).
+    """
+    return shlex.quote(name) if name.startswith("error:") else name
 
 
 def _size(n: int) -> str:
@@ -78,12 +100,15 @@ class CommandTable:
     def execute(self, line: str) -> defer.Deferred:
         """Run one command line; fires with the reply text (never fails)."""
         d = defer.maybeDeferred(self._dispatch, line)
+        # Lines of a reply are separated by "\n" only: no other line break may
+        # split a listing item, nor start a line that reads as "error: ".
+        d.addCallback(lambda text: _LINE_BREAKS.sub(" ", text))
         d.addErrback(self._format_failure, line)
         return d
 
     def _format_failure(self, failure, line: str) -> str:
         if failure.check(MbtError):
-            return failure.value.console_line()
+            return "error: " + _one_line(failure.value.message)
         word = line.split()[0] if line.split() else ""
         log.failure("command {cmd} failed", failure, cmd=word)   # never the arguments: passwords
         return "error: internal error in %s (%s); see the peer's log" % (word, failure.type.__name__)
@@ -188,7 +213,7 @@ class CommandTable:
             if not files:
                 return "(no files shared in %s)" % group
             return "\n".join("%s  %d bytes (%s)  %s  %s" % (
-                f["name"], f["size"], _size(f["size"]), _plural(f["pieces"], "piece"),
+                _listed_name(f["name"]), f["size"], _size(f["size"]), _plural(f["pieces"], "piece"),
                 _plural(f["peers"], "peer")) for f in files)
         return self.node.list_files(group).addCallback(fmt)
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Optional, Tuple
 
 from twisted.logger import Logger
 
+from mbt.errors import MbtError
 from mbt.manifest import Manifest
 
 log = Logger(namespace="mbt.peer.shares")
@@ -43,6 +44,39 @@ def _read_json(path: str, default):
     except (OSError, ValueError) as e:
         log.error("cannot read {path}: {err}; starting from empty", path=path, err=e)
         return default
+
+
+#: The JSON type each field of a stored entry must have (the dataclass annotations).
+_FIELD_TYPES = {"str": str, "int": int, "dict": dict, "List[int]": list}
+
+
+def _load_entries(path: str, cls) -> list:
+    """The entries of one of our JSON files; whatever is malformed is skipped, never fatal.
+
+    An entry must have exactly the fields of ``cls``, of the right types, and a
+    valid manifest: a bad one would otherwise fail every later login or the
+    peer's start.
+    """
+    data = _read_json(path, [])
+    if not isinstance(data, list):
+        log.error("cannot read {path}: not a JSON list; starting from empty", path=path)
+        return []
+    entries = []
+    for item in data:
+        try:
+            entry = cls(**item)
+            for f in fields(entry):
+                value = getattr(entry, f.name)
+                if isinstance(value, bool) or not isinstance(value, _FIELD_TYPES[f.type]):
+                    raise TypeError("%s is not %s" % (f.name, f.type))
+            if not all(type(i) is int for i in getattr(entry, "have", ())):
+                raise TypeError("have is not a list of piece indices")
+            Manifest.from_dict(entry.manifest)
+        except (TypeError, MbtError) as e:
+            log.error("ignoring a malformed entry in {path}: {err}", path=path, err=e)
+            continue
+        entries.append(entry)
+    return entries
 
 
 @dataclass
@@ -105,20 +139,10 @@ class ShareStore:
         self.state_dir = state_dir
         self._shares_path = os.path.join(state_dir, "shares.json")
         self._downloads_path = os.path.join(state_dir, "downloads.json")
-        self.shares: Dict[Key, Share] = {}
-        for item in _read_json(self._shares_path, []):
-            try:
-                s = Share(**item)
-                self.shares[s.key] = s
-            except TypeError:
-                log.error("ignoring a malformed share entry in {path}", path=self._shares_path)
-        self.downloads: Dict[Key, DownloadRecord] = {}
-        for item in _read_json(self._downloads_path, []):
-            try:
-                r = DownloadRecord(**item)
-                self.downloads[r.key] = r
-            except TypeError:
-                log.error("ignoring a malformed download entry in {path}", path=self._downloads_path)
+        self.shares: Dict[Key, Share] = {
+            s.key: s for s in _load_entries(self._shares_path, Share)}
+        self.downloads: Dict[Key, DownloadRecord] = {
+            r.key: r for r in _load_entries(self._downloads_path, DownloadRecord)}
 
     def put_share(self, share: Share) -> None:
         """Add or replace a share and save."""

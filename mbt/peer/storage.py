@@ -92,11 +92,15 @@ class PieceFile:
         return good
 
     def file_hash(self) -> str:
-        """SHA-256 of the whole file (thread: reads everything)."""
+        """SHA-256 of the whole file as it is on disk (thread: reads everything).
+
+        Past ``manifest.size`` too (to the end, or a little beyond the size): a
+        file that grew since it was opened must not pass as the manifest's file.
+        """
         h = hashlib.sha256()
         buf = bytearray(1 << 20)
         pos = 0
-        while pos < self.manifest.size:
+        while pos <= self.manifest.size:
             n = os.preadv(self.fd, [buf], pos)
             if n <= 0:
                 break

@@ -33,6 +33,7 @@ from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
 from mbt.errors import MbtError
+from mbt.manifest import MAX_FILE_SIZE, piece_count
 from mbt.peer.storage import bitfield_hex, parse_bitfield
 
 log = Logger(namespace="mbt.peer.wire")
@@ -111,6 +112,9 @@ class PeerServerProtocol(LineReceiver):
     def _close(self, reason: str) -> None:
         log.info("closing peer connection from {remote}: {reason}", remote=getattr(self, "remote", "?"),
                  reason=reason)
+        # Closing for a protocol error: the timer must not fire on a dead connection.
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
         self._timeout = None
         self.transport.loseConnection()
 
@@ -287,7 +291,9 @@ class PeerClientProtocol(LineReceiver):
     """Downloads one file from one server on behalf of a Download."""
 
     delimiter = b"\n"
-    MAX_LENGTH = 256 * 1024     # a BITFIELD of a 100 GiB file is ~51 KB of hex
+    #: The longest line is the BITFIELD of the largest file a manifest may
+    #: describe (1 TiB: 2**21 pieces, 512 KiB of hex).
+    MAX_LENGTH = len("BITFIELD %d " % piece_count(MAX_FILE_SIZE)) + 2 * ((piece_count(MAX_FILE_SIZE) + 7) // 8)
 
     def __init__(self, download, hello: bytes, clock) -> None:
         self.download = download
@@ -317,6 +323,9 @@ class PeerClientProtocol(LineReceiver):
 
     def abort(self, reason: str) -> None:
         """Close this connection for a protocol reason (logged by the download)."""
+        # Aborting for a protocol error: the timer must not report again later.
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
         self._timer = None
         self.download.peer_error(self, reason)
         if self.transport is not None:

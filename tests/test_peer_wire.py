@@ -1,0 +1,944 @@
+"""Tests for mbt.protocols.peer: the peer wire protocol, both ends.
+
+The serving side runs over StringTransport with a fake node whose
+``open_servable`` hands out a real Servable over a real file; time is a
+``task.Clock``. The downloading side gets a fake Download that records every
+callback. One test joins both ends with iosim and downloads a whole file.
+No sockets, no sleeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import List
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import error, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.test import iosim
+
+from mbt.errors import MbtError
+from mbt.manifest import MAX_FILE_SIZE, PIECE_SIZE, Manifest, hash_file, piece_count
+from mbt.peer.serving import Servable
+from mbt.peer.storage import PieceFile, bitfield_hex
+from mbt.protocols.peer import (HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE_INTERVAL, MAX_BLOCK,
+                                MAX_QUEUED_REQUESTS, PeerClientProtocol, PeerServerFactory,
+                                UploadSlots)
+
+SIZE = 2 * PIECE_SIZE + 1000          # three pieces, the last one 1000 bytes
+LAST = 1000
+BLOCK = 128 * 1024
+GROUP = "club"
+
+
+# -- fixtures ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """A real three-piece file and its manifest: (path, content, manifest)."""
+    path = tmp_path_factory.mktemp("wire") / "f.bin"
+    data = random.Random(1).randbytes(SIZE)
+    path.write_bytes(data)
+    manifest = hash_file(str(path))
+    assert manifest.pieces == 3
+    return str(path), data, manifest
+
+
+@pytest.fixture
+def piece_files():
+    opened = []
+
+    def open_(path, manifest):
+        pf = PieceFile(path, manifest)
+        opened.append(pf)
+        return pf
+    yield open_
+    for pf in opened:
+        pf.close()
+
+
+@pytest.fixture
+def servable(shared, piece_files):
+    path, _, manifest = shared
+    return Servable(GROUP, manifest, piece_files(path, manifest), set(range(manifest.pieces)))
+
+
+@pytest.fixture
+def partial(shared, piece_files):
+    """The same file, of which only piece 0 is verified (a download in progress)."""
+    path, _, manifest = shared
+    return Servable(GROUP, manifest, piece_files(path, manifest), {0})
+
+
+class FakeNode:
+    """``open_servable`` as PeerNode has it: the servable, or an MbtError."""
+
+    def __init__(self, servable=None, refuse: MbtError = None) -> None:
+        self.servable = servable
+        self.refuse = refuse
+        self.hellos: List[tuple] = []
+
+    def open_servable(self, group, file_hash, user, ticket, remote):
+        self.hellos.append((group, file_hash, user, ticket, remote))
+        if self.refuse is not None:
+            raise self.refuse
+        s = self.servable
+        if s is None or group != s.group or file_hash != s.manifest.file_hash:
+            raise MbtError("no such file shared here in group %s" % group, "not_sharing")
+        return s
+
+
+@pytest.fixture
+def clock():
+    return task.Clock()
+
+
+def parse_stream(data: bytes) -> list:
+    """Server output as messages: ``("PIECE", i, o, l, payload)`` or the line's text."""
+    out, pos = [], 0
+    while pos < len(data):
+        nl = data.index(b"\n", pos)
+        line = data[pos:nl].decode("ascii")
+        pos = nl + 1
+        if line.startswith("PIECE "):
+            i, o, n = map(int, line.split()[1:])
+            payload = data[pos:pos + n]
+            assert len(payload) == n, "PIECE header promises more bytes than were sent"
+            pos += n
+            out.append(("PIECE", i, o, n, payload))
+        else:
+            out.append(line)
+    return out
+
+
+class ServerConn:
+    """One downloader connected to a PeerServerProtocol over a StringTransport."""
+
+    def __init__(self, factory: PeerServerFactory, port: int = 40000) -> None:
+        self.factory = factory
+        addr = IPv4Address("TCP", "10.0.0.2", port)
+        self.proto = factory.buildProtocol(addr)
+        self.tr = StringTransport(peerAddress=addr)
+        self.proto.makeConnection(self.tr)
+
+    def send(self, data: bytes) -> None:
+        self.proto.dataReceived(data)
+
+    def hello(self, manifest: Manifest, user: str = "dan", group: str = GROUP) -> None:
+        self.send(b"HELLO mbt/1 %s %s %s\n" % (group.encode(), manifest.file_hash.encode(), user.encode()))
+
+    def messages(self) -> list:
+        return parse_stream(self.tr.value())
+
+    def take(self) -> list:
+        """Messages since the last take()."""
+        msgs = self.messages()
+        self.tr.clear()
+        return msgs
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.tr.disconnecting)
+
+    def lose(self) -> None:
+        self.proto.connectionLost(Failure(error.ConnectionDone()))
+
+
+def pieces_in(msgs) -> list:
+    return [m for m in msgs if isinstance(m, tuple)]
+
+
+@pytest.fixture
+def make_conn(clock):
+    def make(node, slots=16, limiter=None):
+        factory = PeerServerFactory(node, clock, upload_slots=slots, limiter=limiter)
+        return ServerConn(factory)
+    return make
+
+
+@pytest.fixture
+def ready_conn(make_conn, servable):
+    """A connection past HELLO, unchoked, output cleared."""
+    conn = make_conn(FakeNode(servable))
+    conn.hello(servable.manifest)
+    assert conn.take() == ["BITFIELD 3 e0", "UNCHOKE"]
+    return conn
+
+
+# -- server: handshake ----------------------------------------------------------
+
+def test_hello_answers_bitfield_and_unchoke(make_conn, servable):
+    node = FakeNode(servable)
+    conn = make_conn(node)
+    conn.hello(servable.manifest)
+    assert conn.messages() == ["BITFIELD 3 e0", "UNCHOKE"]
+    assert not conn.closed
+    assert node.hellos == [(GROUP, servable.manifest.file_hash, "dan", None, "10.0.0.2:40000")]
+
+
+def test_hello_passes_ticket_and_accepts_crlf(make_conn, servable):
+    node = FakeNode(servable)
+    conn = make_conn(node)
+    conn.send(b"HELLO mbt/1 club %s dan T0K3N\r\n" % servable.manifest.file_hash.encode())
+    assert conn.messages() == ["BITFIELD 3 e0", "UNCHOKE"]
+    assert node.hellos[0][3] == "T0K3N"
+
+
+def test_hello_bitfield_of_partial_servable(make_conn, partial):
+    conn = make_conn(FakeNode(partial))
+    conn.hello(partial.manifest)
+    assert conn.messages() == ["BITFIELD 3 80", "UNCHOKE"]
+
+
+@pytest.mark.parametrize("line", [
+    b"HELLO mbt/2 club %(h)s dan",
+    b"HELLO MBT/1 club %(h)s dan",
+    b"HELLO mbt/1 club %(h)s",
+    b"HELLO mbt/1 club %(h)s dan ticket extra",
+    b"HELLO",
+    b"HELLO mbt/1  %(h)s dan",          # double space: empty field, wrong count
+])
+def test_bad_hello_is_error_line_and_close(make_conn, servable, line):
+    node = FakeNode(servable)
+    conn = make_conn(node)
+    conn.send(line % {b"h": servable.manifest.file_hash.encode()} + b"\nREQUEST 0 0 10\n")
+    msgs = conn.messages()
+    assert len(msgs) == 1 and msgs[0].startswith("ERROR ")
+    assert conn.closed
+
+
+@pytest.mark.parametrize("refusal", [
+    MbtError("this peer is not sharing right now (logged out)", "not_sharing"),
+    MbtError("not a member of club", "not_member"),
+    MbtError("caf\u00e9 ferm\u00e9", "not_sharing"),          # non-ASCII reason: no crash
+])
+def test_refused_hello_is_error_and_close_without_any_bytes(make_conn, servable, refusal):
+    conn = make_conn(FakeNode(servable, refuse=refusal))
+    conn.send(b"HELLO mbt/1 club %s dan\nREQUEST 0 0 10\nREQUEST 1 0 10\n"
+              % servable.manifest.file_hash.encode())
+    msgs = conn.messages()
+    assert len(msgs) == 1 and msgs[0].startswith("ERROR ")
+    assert msgs[0].isascii()
+    assert conn.closed
+    assert conn.factory.slots.active == set()
+
+
+def test_hello_for_a_file_not_served_is_refused(make_conn, servable):
+    conn = make_conn(FakeNode(servable))
+    conn.send(b"HELLO mbt/1 club %s dan\n" % (b"0" * 64))
+    assert conn.messages() == ["ERROR no such file shared here in group club"]
+    assert conn.closed
+
+
+@pytest.mark.parametrize("line", [b"REQUEST 0 0 10", b"PING", b"BITFIELD 3 e0", b"", b"hello mbt/1 a b c"])
+def test_message_before_hello_closes(make_conn, servable, line):
+    node = FakeNode(servable)
+    conn = make_conn(node)
+    conn.send(line + b"\nHELLO mbt/1 club %s dan\n" % servable.manifest.file_hash.encode())
+    assert conn.closed
+    assert pieces_in(conn.messages()) == []
+    assert node.hellos == []
+
+
+def test_second_hello_closes(ready_conn, servable):
+    ready_conn.hello(servable.manifest)
+    assert ready_conn.closed
+
+
+def test_handshake_timeout_closes(make_conn, servable, clock):
+    conn = make_conn(FakeNode(servable))
+    clock.advance(HANDSHAKE_TIMEOUT - 0.01)
+    assert not conn.closed
+    clock.advance(0.02)
+    assert conn.closed
+    conn.lose()
+    assert clock.getDelayedCalls() == []
+
+
+def test_idle_timeout_after_hello_and_ping_resets_it(ready_conn, clock):
+    clock.advance(HANDSHAKE_TIMEOUT + 1)        # the handshake deadline no longer applies
+    assert not ready_conn.closed
+    clock.advance(IDLE_TIMEOUT - HANDSHAKE_TIMEOUT - 2)
+    ready_conn.send(b"PING\n")
+    clock.advance(IDLE_TIMEOUT - 1)
+    assert not ready_conn.closed
+    assert ready_conn.messages() == []
+    clock.advance(2)
+    assert ready_conn.closed
+
+
+# -- server: requests -----------------------------------------------------------
+
+def test_request_sends_piece_header_and_exact_bytes(ready_conn, shared):
+    _, data, _ = shared
+    ready_conn.send(b"REQUEST 0 0 16384\nREQUEST 1 100 5000\nREQUEST 2 0 1000\nREQUEST 2 999 1\n")
+    assert ready_conn.messages() == [
+        ("PIECE", 0, 0, 16384, data[:16384]),
+        ("PIECE", 1, 100, 5000, data[PIECE_SIZE + 100:PIECE_SIZE + 5100]),
+        ("PIECE", 2, 0, 1000, data[2 * PIECE_SIZE:]),
+        ("PIECE", 2, 999, 1, data[-1:]),
+    ]
+    assert ready_conn.factory.uploaded == 16384 + 5000 + 1000 + 1
+    assert not ready_conn.closed
+
+
+def test_request_of_max_block(ready_conn, shared):
+    _, data, _ = shared
+    assert MAX_BLOCK >= PIECE_SIZE
+    ready_conn.send(b"REQUEST 1 0 %d\n" % PIECE_SIZE)
+    assert ready_conn.messages() == [("PIECE", 1, 0, PIECE_SIZE, data[PIECE_SIZE:2 * PIECE_SIZE])]
+
+
+def test_request_for_unverified_piece_is_rejected_never_served(make_conn, partial, shared):
+    _, data, _ = shared
+    conn = make_conn(FakeNode(partial))
+    conn.hello(partial.manifest)
+    conn.take()
+    conn.send(b"REQUEST 1 0 100\nREQUEST 2 0 1000\nREQUEST 0 0 10\n")
+    assert conn.messages() == ["REJECT 1 0 100", "REJECT 2 0 1000", ("PIECE", 0, 0, 10, data[:10])]
+    assert not conn.closed
+
+
+@pytest.mark.parametrize("req", [
+    b"REQUEST 3 0 10",                              # index == pieces
+    b"REQUEST 99999 0 10",
+    b"REQUEST 0 %d 1" % PIECE_SIZE,                 # offset past the piece
+    b"REQUEST 0 %d 2" % (PIECE_SIZE - 1),           # block runs past the piece
+    b"REQUEST 2 0 1001",                            # past the short last piece
+    b"REQUEST 2 1000 1",
+    b"REQUEST 0 0 0",                               # empty block
+    b"REQUEST 0 0 %d" % (MAX_BLOCK + 1),
+    b"REQUEST 0 999999999999999 1",
+])
+def test_out_of_bounds_request_closes_without_bytes(ready_conn, req):
+    ready_conn.send(req + b"\nREQUEST 0 0 10\n")
+    assert ready_conn.closed
+    assert pieces_in(ready_conn.messages()) == []
+
+
+@pytest.mark.parametrize("line", [
+    b"REQUEST a 0 10", b"REQUEST -1 0 10", b"REQUEST 0 -0 10", b"REQUEST 0 0", b"REQUEST 0 0 10 4",
+    b"REQUEST 0  0 10", b"REQUEST 0 0 10 ", b"REQUEST 0x1 0 10", b"REQUEST 1e3 0 10",
+    b"REQUEST 0 0 +10", b"REQUEST 0 0 1234567890123456", b"REQUEST", b"CANCEL 0 0", b"CANCEL x y z",
+    b"REQUEST \xd9\xa1 0 10",        # an Arabic-Indic digit: not ASCII
+])
+def test_malformed_numbers_close(ready_conn, line):
+    ready_conn.send(line + b"\nREQUEST 0 0 10\n")
+    assert ready_conn.closed
+    assert pieces_in(ready_conn.messages()) == []
+
+
+@pytest.mark.parametrize("line", [b"FOO", b"request 0 0 10", b"PIECE 0 0 10", b"HAVE 1", b" REQUEST 0 0 10", b""])
+def test_unknown_verb_closes(ready_conn, line):
+    ready_conn.send(line + b"\nREQUEST 0 0 10\n")
+    assert ready_conn.closed
+    assert pieces_in(ready_conn.messages()) == []
+
+
+@pytest.mark.parametrize("with_newline", [False, True])
+def test_over_long_line_closes(make_conn, ready_conn, servable, with_newline):
+    for conn in (make_conn(FakeNode(servable)), ready_conn):
+        conn.send(b"PING" + b" " * 5000 + (b"\n" if with_newline else b""))
+        assert conn.closed
+
+
+@pytest.mark.parametrize("line", [b"HELLO mbt/1 gr\xc3\xbcp %(h)s dan", b"HELLO mbt/1 club %(h)s d\xffn"])
+def test_non_ascii_hello_closes(make_conn, servable, line):
+    node = FakeNode(servable)
+    conn = make_conn(node)
+    conn.send(line % {b"h": servable.manifest.file_hash.encode()} + b"\n")
+    assert conn.closed and node.hellos == []
+
+
+def test_non_ascii_after_hello_closes(ready_conn):
+    ready_conn.send(b"REQUEST 0 0 10\xe2\x80\xa8\nREQUEST 0 0 10\n")
+    assert ready_conn.closed
+    assert ready_conn.messages() == []
+
+
+def test_ping_is_silent(ready_conn):
+    ready_conn.send(b"PING\nPING\r\n")
+    assert ready_conn.messages() == [] and not ready_conn.closed
+
+
+def test_closing_for_a_protocol_error_leaves_no_timer_behind(ready_conn, clock):
+    ready_conn.send(b"FOO\n")
+    assert ready_conn.closed
+    ready_conn.lose()
+    assert clock.getDelayedCalls() == []
+
+
+def test_unreadable_block_is_rejected_not_fatal(make_conn, shared, tmp_path, piece_files):
+    # The shared file shrank on disk after it was hashed: a short read.
+    _, data, manifest = shared
+    path = tmp_path / "shrunk.bin"
+    path.write_bytes(data)
+    s = Servable(GROUP, manifest, piece_files(str(path), manifest), set(range(3)))
+    with open(path, "r+b") as f:
+        f.truncate(PIECE_SIZE)
+    conn = make_conn(FakeNode(s))
+    conn.hello(manifest)
+    conn.take()
+    conn.send(b"REQUEST 1 0 10\nREQUEST 0 0 10\n")
+    assert conn.messages() == ["REJECT 1 0 10", ("PIECE", 0, 0, 10, data[:10])]
+    assert not conn.closed
+
+
+# -- server: backpressure and queue ---------------------------------------------
+
+def test_paused_transport_queues_and_resume_sends_in_order(ready_conn, shared):
+    _, data, _ = shared
+    ready_conn.proto.pauseProducing()
+    ready_conn.send(b"REQUEST 0 0 10\nREQUEST 1 0 10\nREQUEST 0 10 10\n")
+    assert ready_conn.messages() == []
+    ready_conn.proto.resumeProducing()
+    assert ready_conn.messages() == [("PIECE", 0, 0, 10, data[:10]),
+                                     ("PIECE", 1, 0, 10, data[PIECE_SIZE:PIECE_SIZE + 10]),
+                                     ("PIECE", 0, 10, 10, data[10:20])]
+
+
+def test_too_many_queued_requests_close(ready_conn):
+    ready_conn.proto.pauseProducing()
+    ready_conn.send(b"".join(b"REQUEST 0 %d 1\n" % i for i in range(MAX_QUEUED_REQUESTS)))
+    assert not ready_conn.closed
+    ready_conn.send(b"REQUEST 1 0 1\n")
+    assert ready_conn.closed
+    assert ready_conn.messages() == []
+
+
+def test_cancel_removes_a_queued_request(ready_conn, shared):
+    _, data, _ = shared
+    ready_conn.proto.pauseProducing()
+    ready_conn.send(b"REQUEST 0 0 10\nREQUEST 1 0 10\nCANCEL 0 0 10\nCANCEL 2 0 5\n")
+    ready_conn.proto.resumeProducing()
+    assert ready_conn.messages() == [("PIECE", 1, 0, 10, data[PIECE_SIZE:PIECE_SIZE + 10])]
+    assert not ready_conn.closed
+
+
+def test_stop_producing_drops_the_queue(ready_conn):
+    ready_conn.proto.pauseProducing()
+    ready_conn.send(b"REQUEST 0 0 10\n")
+    ready_conn.proto.stopProducing()
+    ready_conn.proto.resumeProducing()
+    assert ready_conn.messages() == []
+
+
+class FakeLimiter:
+    def __init__(self) -> None:
+        self.allow = False
+        self.waiting = []
+
+    def admit(self, n, wake):
+        if self.allow:
+            return True
+        self.waiting.append(wake)
+        return False
+
+
+def test_rate_limiter_delays_blocks_without_reordering(make_conn, servable, shared):
+    _, data, _ = shared
+    limiter = FakeLimiter()
+    conn = make_conn(FakeNode(servable), limiter=limiter)
+    conn.hello(servable.manifest)
+    conn.take()
+    conn.send(b"REQUEST 0 0 10\nREQUEST 0 10 10\n")
+    assert conn.messages() == []
+    limiter.allow = True
+    limiter.waiting.pop()()
+    assert conn.messages() == [("PIECE", 0, 0, 10, data[:10]), ("PIECE", 0, 10, 10, data[10:20])]
+
+
+# -- server: HAVE, slots, refusal ---------------------------------------------------
+
+def test_add_piece_pushes_have_to_watching_connection(make_conn, partial, shared):
+    _, data, _ = shared
+    conn = make_conn(FakeNode(partial))
+    conn.hello(partial.manifest)
+    conn.take()
+    partial.add_piece(2)
+    assert conn.take() == ["HAVE 2"]
+    conn.send(b"REQUEST 2 0 1000\n")
+    assert conn.take() == [("PIECE", 2, 0, 1000, data[2 * PIECE_SIZE:])]
+    conn.lose()
+    assert conn.proto not in partial.watchers
+    partial.add_piece(1)
+    assert conn.messages() == []
+
+
+def test_have_goes_to_every_watcher(make_conn, partial):
+    node = FakeNode(partial)
+    a, b = make_conn(node), make_conn(node)
+    for c in (a, b):
+        c.hello(partial.manifest)
+        c.take()
+    partial.add_piece(1)
+    assert a.messages() == ["HAVE 1"] and b.messages() == ["HAVE 1"]
+
+
+def test_upload_slots_choke_then_unchoke_when_a_slot_frees(clock, servable, shared):
+    _, data, _ = shared
+    factory = PeerServerFactory(FakeNode(servable), clock, upload_slots=1)
+    a, b = ServerConn(factory, 1), ServerConn(factory, 2)
+    a.hello(servable.manifest)
+    b.hello(servable.manifest)
+    assert a.take() == ["BITFIELD 3 e0", "UNCHOKE"]
+    assert b.take() == ["BITFIELD 3 e0", "CHOKE"]
+    b.send(b"REQUEST 0 0 10\n")
+    assert b.take() == ["REJECT 0 0 10"]
+    a.send(b"REQUEST 0 0 10\n")
+    assert pieces_in(a.take()) == [("PIECE", 0, 0, 10, data[:10])]
+    a.lose()
+    assert b.take() == ["UNCHOKE"]
+    b.send(b"REQUEST 0 0 10\n")
+    assert b.take() == [("PIECE", 0, 0, 10, data[:10])]
+
+
+def test_waiting_downloader_that_leaves_gives_up_its_turn(clock, servable):
+    factory = PeerServerFactory(FakeNode(servable), clock, upload_slots=1)
+    a, b, c = ServerConn(factory, 1), ServerConn(factory, 2), ServerConn(factory, 3)
+    for conn in (a, b, c):
+        conn.hello(servable.manifest)
+        conn.take()
+    b.lose()
+    a.lose()
+    assert c.take() == ["UNCHOKE"]
+    assert b.messages() == []
+    assert factory.slots.active == {c.proto} and factory.slots.waiting == []
+
+
+def test_upload_slots_directly():
+    slots = UploadSlots(2)
+    unchoked = []
+
+    class C:
+        def __init__(self, n):
+            self.n = n
+
+        def unchoke(self):
+            unchoked.append(self.n)
+    a, b, c, d = C(1), C(2), C(3), C(4)
+    assert slots.acquire(a) and slots.acquire(b)
+    assert not slots.acquire(c) and not slots.acquire(d)
+    slots.release(c)                  # a waiter leaves: nobody is unchoked
+    assert unchoked == []
+    slots.release(a)
+    assert unchoked == [4] and slots.active == {b, d}
+    slots.release(a)                  # twice: harmless
+    assert unchoked == [4]
+
+
+def test_refuse_all_sends_error_and_closes_matching(clock, servable, partial):
+    node = FakeNode(servable)
+    factory = PeerServerFactory(node, clock)
+    a, b = ServerConn(factory, 1), ServerConn(factory, 2)
+    a.hello(servable.manifest)
+    node.servable = partial
+    b.hello(partial.manifest)
+    a.take(), b.take()
+    factory.refuse_all("file no longer shared", lambda c: c.servable is servable)
+    assert a.messages() == ["ERROR file no longer shared"] and a.closed
+    assert b.messages() == [] and not b.closed
+    a.lose()
+    assert factory.connections == {b.proto}
+
+
+# -- client ---------------------------------------------------------------------------
+
+def fake_manifest(size: int = SIZE) -> Manifest:
+    return Manifest(name="f.bin", size=size, file_hash="0" * 64,
+                    piece_hashes=("0" * 64,) * piece_count(size))
+
+
+class FakeDownload:
+    """Records what PeerClientProtocol tells its download."""
+
+    def __init__(self, manifest: Manifest = None) -> None:
+        self.manifest = manifest or fake_manifest()
+        self.events: List[tuple] = []
+
+    def valid_block(self, index, offset, length):
+        return (index < self.manifest.pieces and length > 0
+                and offset + length <= self.manifest.piece_length(index))
+
+    def peer_ready(self, conn, have):
+        self.events.append(("ready", frozenset(have)))
+
+    def peer_have(self, conn, index):
+        self.events.append(("have", index))
+
+    def peer_choked(self, conn, choked):
+        self.events.append(("choked", choked))
+
+    def peer_rejected(self, conn, index, offset, length):
+        self.events.append(("rejected", index, offset, length))
+
+    def peer_error(self, conn, reason):
+        self.events.append(("error", reason))
+
+    def peer_lost(self, conn):
+        self.events.append(("lost",))
+
+    def block_received(self, conn, index, offset, data):
+        # The protocol reuses its buffer: copy now, as Download does.
+        self.events.append(("block", index, offset, bytes(data)))
+
+    def errors(self):
+        return [e for e in self.events if e[0] == "error"]
+
+
+HELLO = b"HELLO mbt/1 club " + b"0" * 64 + b" dan"
+
+
+def make_client(clock, download=None):
+    dl = download or FakeDownload()
+    proto = PeerClientProtocol(dl, HELLO, clock)
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    return proto, tr, dl
+
+
+def _blob(n: int, seed: int) -> bytes:
+    # Raw block bytes that look like control lines, to catch a parser reading them as such.
+    pattern = b"HAVE 1\nPIECE 0 0 5\n\r\nERROR x\n" + bytes(range(256))
+    rnd = random.Random(seed).randbytes(n)
+    return bytes(a ^ b if i % 3 else a for i, (a, b) in
+                 enumerate(zip(rnd, (pattern * (n // len(pattern) + 1))[:n])))
+
+
+BLOCKS = [(0, 0, 16, _blob(16, 1)), (0, 16, 300, _blob(300, 2)),
+          (2, 0, LAST, _blob(LAST, 3)), (1, PIECE_SIZE - 1, 1, b"\n")]
+STREAM = (b"BITFIELD 3 c0\n" + b"UNCHOKE\n"
+          + b"PIECE 0 0 16\n" + BLOCKS[0][3]
+          + b"HAVE 2\n"
+          + b"PIECE 0 16 300\n" + BLOCKS[1][3]
+          + b"PIECE 2 0 1000\r\n" + BLOCKS[2][3]
+          + b"PIECE 1 524287 1\n" + BLOCKS[3][3]
+          + b"REJECT 1 0 16384\n" + b"PING\n" + b"CHOKE\n")
+EXPECTED = [("ready", frozenset({0, 1})), ("choked", False), ("block",) + BLOCKS[0][:2] + BLOCKS[0][3:],
+            ("have", 2), ("block",) + BLOCKS[1][:2] + BLOCKS[1][3:],
+            ("block",) + BLOCKS[2][:2] + BLOCKS[2][3:], ("block",) + BLOCKS[3][:2] + BLOCKS[3][3:],
+            ("rejected", 1, 0, 16384), ("choked", True)]
+
+
+def feed(proto, chunks) -> None:
+    for c in chunks:
+        proto.dataReceived(bytes(c))
+
+
+def split_at(data: bytes, cuts) -> list:
+    cuts = sorted(set(c for c in cuts if 0 < c < len(data)))
+    return [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]
+
+
+def test_client_sends_hello_on_connect(clock):
+    _, tr, _ = make_client(clock)
+    assert tr.value() == HELLO + b"\n"
+
+
+def test_client_stream_in_one_chunk(clock):
+    proto, tr, dl = make_client(clock)
+    feed(proto, [STREAM])
+    assert dl.events == EXPECTED
+    assert not tr.disconnecting
+
+
+def test_client_stream_byte_by_byte(clock):
+    proto, tr, dl = make_client(clock)
+    feed(proto, [STREAM[i:i + 1] for i in range(len(STREAM))])
+    assert dl.events == EXPECTED
+
+
+def test_client_stream_split_at_every_single_point(clock):
+    for cut in range(1, len(STREAM)):
+        proto, tr, dl = make_client(clock)
+        feed(proto, [STREAM[:cut], STREAM[cut:]])
+        assert dl.events == EXPECTED, "split at %d" % cut
+
+
+def test_client_header_and_data_in_one_chunk_then_lines(clock):
+    proto, _, dl = make_client(clock)
+    feed(proto, [b"BITFIELD 3 e0\n", b"PIECE 0 0 16\n" + BLOCKS[0][3], b"HAVE 2\nHAVE 1\n"])
+    assert dl.events == [("ready", frozenset({0, 1, 2})), ("block", 0, 0, BLOCKS[0][3]),
+                         ("have", 2), ("have", 1)]
+
+
+def test_client_chunk_boundary_inside_header_line(clock):
+    proto, _, dl = make_client(clock)
+    feed(proto, [b"BITFIELD 3 e0\nPIE", b"CE 2 0 10", b"00\n" + BLOCKS[2][3][:10], BLOCKS[2][3][10:]])
+    assert dl.events == [("ready", frozenset({0, 1, 2})), ("block", 2, 0, BLOCKS[2][3])]
+
+
+@settings(max_examples=200, deadline=None)
+@given(cuts=st.lists(st.integers(1, len(STREAM) - 1), max_size=30))
+def test_client_stream_any_chunking(cuts):
+    proto, tr, dl = make_client(task.Clock())
+    feed(proto, split_at(STREAM, cuts))
+    assert dl.events == EXPECTED
+
+
+def test_client_blocks_of_max_size(clock):
+    # A block larger than a piece cannot be valid; MAX_BLOCK itself is the buffer.
+    proto, _, dl = make_client(clock, FakeDownload(fake_manifest(4 * PIECE_SIZE)))
+    payload = _blob(PIECE_SIZE, 9)
+    feed(proto, [b"BITFIELD 4 f0\n", b"PIECE 3 0 %d\n" % PIECE_SIZE + payload[:1000],
+                 payload[1000:] + b"PIECE 3 0 %d\n" % PIECE_SIZE + payload])
+    assert dl.events == [("ready", frozenset(range(4))), ("block", 3, 0, payload), ("block", 3, 0, payload)]
+
+
+def test_client_request_and_cancel_lines(clock):
+    proto, tr, _ = make_client(clock)
+    tr.clear()
+    proto.request(1, 131072, 131072)
+    proto.cancel(1, 131072, 131072)
+    assert tr.value() == b"REQUEST 1 131072 131072\nCANCEL 1 131072 131072\n"
+
+
+def test_client_empty_file_bitfield(clock):
+    proto, tr, dl = make_client(clock, FakeDownload(fake_manifest(0)))
+    feed(proto, [b"BITFIELD 0 \n"])
+    assert dl.events == [("ready", frozenset())]
+
+
+def test_client_accepts_bitfield_of_the_largest_file(clock):
+    # 1 TiB: 2**21 pieces, a 512 KiB hex BITFIELD line.
+    manifest = fake_manifest(MAX_FILE_SIZE)
+    proto, tr, dl = make_client(clock, FakeDownload(manifest))
+    hexbits = bitfield_hex(range(manifest.pieces), manifest.pieces)
+    line = b"BITFIELD %d %s\n" % (manifest.pieces, hexbits.encode())
+    feed(proto, [line[i:i + 65536] for i in range(0, len(line), 65536)])
+    assert dl.errors() == []
+    assert len(dl.events) == 1 and dl.events[0][0] == "ready" and len(dl.events[0][1]) == manifest.pieces
+
+
+@pytest.mark.parametrize("data", [
+    b"BITFIELD 4 f0\n",           # piece count differs from the manifest
+    b"BITFIELD 3 e000\n",         # too many bytes
+    b"BITFIELD 3 \n",             # too few
+    b"BITFIELD 3 f0\n",           # a bit past the last piece
+    b"BITFIELD 3 zz\n",
+    b"BITFIELD 3\n",
+    b"BITFIELD 3 e0 e0\n",
+    b"BITFIELD x e0\n",
+    b"BITFIELD -3 e0\n",
+])
+def test_client_bad_bitfield_aborts(clock, data):
+    proto, tr, dl = make_client(clock)
+    feed(proto, [data + b"HAVE 1\n"])
+    assert [e[0] for e in dl.events] == ["error"]
+    assert tr.disconnecting
+
+
+@pytest.mark.parametrize("first", [b"PIECE 0 0 10", b"HAVE 1", b"UNCHOKE", b"HELLO", b""])
+def test_client_anything_but_bitfield_first_aborts(clock, first):
+    proto, tr, dl = make_client(clock)
+    feed(proto, [first + b"\n" + b"x" * 10 + b"BITFIELD 3 e0\n"])
+    assert [e[0] for e in dl.events] == ["error"]
+    assert tr.disconnecting
+
+
+def test_client_error_before_bitfield_is_refusal(clock):
+    proto, tr, dl = make_client(clock)
+    feed(proto, [b"ERROR not a member of club\n"])
+    assert dl.events == [("error", "refused: not a member of club")]
+    assert tr.disconnecting
+
+
+def test_client_error_after_bitfield_aborts(clock):
+    proto, tr, dl = make_client(clock)
+    feed(proto, [b"BITFIELD 3 e0\nERROR peer logged out\nHAVE 1\n"])
+    assert dl.events[1:] == [("error", "peer closed: peer logged out")]
+    assert tr.disconnecting
+
+
+@pytest.mark.parametrize("header", [
+    b"PIECE 3 0 10",                         # no such piece
+    b"PIECE 2 0 1001",                       # past the short last piece
+    b"PIECE 0 %d 1" % PIECE_SIZE,
+    b"PIECE 0 0 0",
+    b"PIECE 0 0 %d" % (MAX_BLOCK + 1),
+    b"PIECE 0 0",
+    b"PIECE 0 0 x",
+])
+def test_client_piece_out_of_bounds_aborts_before_reading_bytes(clock, header):
+    proto, tr, dl = make_client(clock)
+    feed(proto, [b"BITFIELD 3 e0\n" + header + b"\n" + b"HAVE 1\n" * 20])
+    assert [e[0] for e in dl.events] == ["ready", "error"]
+    assert tr.disconnecting
+
+
+def test_client_piece_larger_than_buffer_aborts_even_if_download_allows_it(clock):
+    class Lenient(FakeDownload):
+        def valid_block(self, index, offset, length):
+            return True
+    proto, tr, dl = make_client(clock, Lenient())
+    feed(proto, [b"BITFIELD 3 e0\nPIECE 0 0 %d\n" % (MAX_BLOCK + 1)])
+    assert [e[0] for e in dl.events] == ["ready", "error"]
+
+
+@pytest.mark.parametrize("line", [b"HAVE 3", b"HAVE 99999999", b"HAVE -1", b"HAVE", b"HAVE 1 2",
+                                  b"REJECT 1 2", b"CHOKE\x00", b"FOO 1", b"have 1"])
+def test_client_bad_message_after_bitfield_aborts(clock, line):
+    proto, tr, dl = make_client(clock)
+    feed(proto, [b"BITFIELD 3 e0\n" + line + b"\nHAVE 1\n"])
+    assert [e[0] for e in dl.events] == ["ready", "error"]
+    assert tr.disconnecting
+
+
+def test_client_non_ascii_line_aborts(clock):
+    proto, tr, dl = make_client(clock)
+    feed(proto, [b"BITFIELD 3 e0\nHAVE \xef\xbc\x91\n"])     # a full-width digit one
+    assert [e[0] for e in dl.events] == ["ready", "error"]
+
+
+@pytest.mark.parametrize("chunks", [[b"x" * (PeerClientProtocol.MAX_LENGTH + 10)],
+                                    [b"x" * 1000] * (PeerClientProtocol.MAX_LENGTH // 1000 + 2),
+                                    [b"PING " + b"x" * PeerClientProtocol.MAX_LENGTH + b"\n"]])
+def test_client_over_long_line_aborts(clock, chunks):
+    proto, tr, dl = make_client(clock)
+    feed(proto, [b"BITFIELD 3 e0\n"] + chunks)
+    assert [e[0] for e in dl.events] == ["ready", "error"]
+    assert tr.disconnecting
+
+
+def test_client_handshake_timeout_aborts(clock):
+    proto, tr, dl = make_client(clock)
+    clock.advance(HANDSHAKE_TIMEOUT - 0.01)
+    assert dl.events == []
+    clock.advance(0.02)
+    assert [e[0] for e in dl.events] == ["error"] and tr.disconnecting
+
+
+def test_client_idle_timeout_after_bitfield(clock):
+    proto, tr, dl = make_client(clock)
+    feed(proto, [b"BITFIELD 3 e0\n"])
+    clock.advance(IDLE_TIMEOUT - 1)
+    feed(proto, [b"PING\n"])
+    clock.advance(IDLE_TIMEOUT - 1)
+    assert dl.errors() == []
+    clock.advance(2)
+    assert len(dl.errors()) == 1 and tr.disconnecting
+
+
+def test_client_keepalive_pings(clock):
+    proto, tr, dl = make_client(clock)
+    feed(proto, [b"BITFIELD 3 e0\n"])
+    tr.clear()
+    clock.advance(KEEPALIVE_INTERVAL)
+    assert tr.value() == b"PING\n"
+    clock.advance(KEEPALIVE_INTERVAL)
+    assert tr.value() == b"PING\nPING\n"
+
+
+def test_client_abort_for_protocol_error_reports_once_and_leaves_no_timer(clock):
+    proto, tr, dl = make_client(clock)
+    feed(proto, [b"BITFIELD 3 e0\nHAVE 7\n"])
+    proto.connectionLost(Failure(error.ConnectionDone()))
+    assert clock.getDelayedCalls() == []
+    clock.advance(IDLE_TIMEOUT + HANDSHAKE_TIMEOUT + 1)
+    assert [e[0] for e in dl.events] == ["ready", "error", "lost"]
+
+
+def test_client_connection_lost_mid_block_delivers_nothing_partial(clock):
+    proto, tr, dl = make_client(clock)
+    feed(proto, [b"BITFIELD 3 e0\nPIECE 0 0 300\n" + BLOCKS[1][3][:299]])
+    proto.connectionLost(Failure(error.ConnectionLost()))
+    assert dl.events == [("ready", frozenset({0, 1, 2})), ("lost",)]
+    assert clock.getDelayedCalls() == []
+
+
+# -- both ends --------------------------------------------------------------------------
+
+class FetchingDownload(FakeDownload):
+    """Asks for every block of every piece the server has, once unchoked."""
+
+    def __init__(self, manifest, block=BLOCK):
+        super().__init__(manifest)
+        self.block = block
+        self.conn = None
+        self.have = set()
+        self.asked = set()
+        self.choked = True
+        self.data = {}
+
+    def _ask(self):
+        if self.choked or self.conn is None:
+            return
+        for index in sorted(self.have - self.asked):
+            self.asked.add(index)
+            length = self.manifest.piece_length(index)
+            for off in range(0, length, self.block):
+                self.conn.request(index, off, min(self.block, length - off))
+
+    def peer_ready(self, conn, have):
+        super().peer_ready(conn, have)
+        self.conn, self.have = conn, set(have)
+        self._ask()
+
+    def peer_have(self, conn, index):
+        super().peer_have(conn, index)
+        self.have.add(index)
+        self._ask()
+
+    def peer_choked(self, conn, choked):
+        super().peer_choked(conn, choked)
+        self.choked = choked
+        self._ask()
+
+    def block_received(self, conn, index, offset, data):
+        self.data[(index, offset)] = bytes(data)
+
+    def assembled(self) -> bytes:
+        return b"".join(self.data[k] for k in sorted(self.data))
+
+
+def connect_both(node, manifest, clock, slots=16):
+    factory = PeerServerFactory(node, clock, upload_slots=slots)
+    server = factory.buildProtocol(IPv4Address("TCP", "10.0.0.2", 40000))
+    dl = FetchingDownload(manifest)
+    hello = b"HELLO mbt/1 %s %s dan" % (GROUP.encode(), manifest.file_hash.encode())
+    client = PeerClientProtocol(dl, hello, clock)
+    pump = iosim.connect(server, iosim.FakeTransport(server, isServer=True),
+                         client, iosim.FakeTransport(client, isServer=False), greet=False)
+    return server, client, dl, pump
+
+
+def test_client_downloads_whole_file_from_server(servable, shared, clock):
+    path, data, manifest = shared
+    server, client, dl, pump = connect_both(FakeNode(servable), manifest, clock)
+    pump.flush()
+    assert dl.errors() == []
+    assert len(dl.data) == 4 + 4 + 1
+    got = dl.assembled()
+    assert got == data
+    assert hashlib.sha256(got).hexdigest() == manifest.file_hash
+    for i in range(manifest.pieces):
+        start = i * PIECE_SIZE
+        assert servable.piece_file.piece_ok(i, got[start:start + manifest.piece_length(i)])
+
+
+def test_client_gets_piece_announced_while_connected(partial, shared, clock):
+    _, data, manifest = shared
+    server, client, dl, pump = connect_both(FakeNode(partial), manifest, clock)
+    pump.flush()
+    assert set(k[0] for k in dl.data) == {0}
+    partial.add_piece(2)
+    partial.add_piece(1)
+    pump.flush()
+    assert ("have", 2) in dl.events and ("have", 1) in dl.events
+    assert dl.assembled() == data
+    assert dl.errors() == []
+
+
+def test_refused_client_never_gets_bytes(servable, shared, clock):
+    _, _, manifest = shared
+    node = FakeNode(servable, refuse=MbtError("not a member of club", "not_member"))
+    server, client, dl, pump = connect_both(node, manifest, clock)
+    pump.flush()
+    assert dl.events == [("error", "refused: not a member of club"), ("lost",)]
+    assert dl.data == {}
+    assert clock.getDelayedCalls() == []
