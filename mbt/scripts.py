@@ -57,23 +57,38 @@ def tracker_main(argv: Optional[List[str]] = None) -> int:
         return 2
 
     _start_logging(args.log_file)
-    from twisted.internet import reactor, stdio
+    from twisted.internet import defer, reactor, stdio
+    from twisted.internet.interfaces import IHalfCloseableProtocol
     from twisted.protocols.basic import LineReceiver
+    from zope.interface import implementer
 
     status = {"code": 0, "stopping": False}
+    consoles = []
+
+    def close_console(_=None):
+        """Flush and close stdout (bounded), so the last lines (``bye``) are not lost."""
+        if not consoles or consoles[0].closed.called:
+            return None
+        console = consoles[0]
+        console.transport.loseConnection()
+        return console.closed.addTimeout(2, reactor)
 
     def stop(code: int = 0) -> None:
         if status["stopping"]:
             return
         status["stopping"] = True
         status["code"] = code
-        from twisted.internet import defer
         d = defer.maybeDeferred(svc.stopService)
+        d.addBoth(close_console)
         d.addBoth(lambda _: reactor.stop())
 
+    @implementer(IHalfCloseableProtocol)
     class TrackerConsole(LineReceiver):
         """The tracker's stdin: ``quit`` stops it; end of input does not."""
         delimiter = b"\n"
+
+        def __init__(self) -> None:
+            self.closed = defer.Deferred()
 
         def lineReceived(self, line: bytes) -> None:
             cmd = line.decode("utf-8", "replace").strip()
@@ -83,8 +98,18 @@ def tracker_main(argv: Optional[List[str]] = None) -> int:
             elif cmd:
                 self.sendLine(b"error: unknown command; the tracker understands: quit")
 
+        def readConnectionLost(self) -> None:
+            pass   # end of input: keep serving (and keep stdout open) until quit or a signal
+
+        def writeConnectionLost(self) -> None:
+            self._closed()
+
         def connectionLost(self, reason=None) -> None:
-            pass   # end of input: keep serving until quit or a signal
+            self._closed()
+
+        def _closed(self) -> None:
+            if not self.closed.called:
+                self.closed.callback(None)
 
     def started():
         svc.startService()
@@ -105,7 +130,9 @@ def tracker_main(argv: Optional[List[str]] = None) -> int:
             reactor.stop()
         svc.listening.addCallbacks(ok, failed)
         try:
-            stdio.StandardIO(TrackerConsole(), reactor=reactor)
+            console = TrackerConsole()
+            stdio.StandardIO(console, reactor=reactor)
+            consoles.append(console)
         except (OSError, ValueError):
             pass   # no usable stdin: run until a signal
 

@@ -41,7 +41,7 @@ def parse_address(text: str) -> tuple:
     except ValueError:
         if host != "localhost":
             raise ValueError("%r is not an IP address" % host)
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError("port %r is not a number in 1..65535" % port)
     return host, int(port)
 

@@ -32,7 +32,10 @@ SECRET_KEYS = {"password", "token", "password_record", "ticket"}
 
 def encode(obj: dict) -> bytes:
     """One protocol line (without the delimiter)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:      # lone surrogates (e.g. an echoed id): escape them
+        return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
 def error_reply(req_id, code: str, message: str) -> dict:
@@ -54,6 +57,7 @@ class TrackerServerProtocol(LineOnlyReceiver):
         self.factory.connections.add(self)
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
+        self.connected = 0
         self.factory.connections.discard(self)
         self.factory.core.connection_lost(self.conn)
 
@@ -68,7 +72,7 @@ class TrackerServerProtocol(LineOnlyReceiver):
             return
         try:
             req = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):   # RecursionError: nested too deep
             self._send(error_reply(None, "bad_json", "a request is one JSON object per line"))
             return
         if not isinstance(req, dict):
@@ -84,6 +88,8 @@ class TrackerServerProtocol(LineOnlyReceiver):
         self.in_flight += 1
         op = req.get("op")
         d = self.factory.core.handle(self.conn, req)
+        if not (isinstance(op, str) and op.isidentifier() and len(op) <= 40):
+            op = repr(op)[:40]      # logged: no newlines or megabytes from the remote side
         d.addCallbacks(self._ok, self._failed, callbackArgs=(req_id, op), errbackArgs=(req_id, op))
 
     def _ok(self, result: dict, req_id, op) -> None:
@@ -157,7 +163,7 @@ class TrackerClientProtocol(LineOnlyReceiver):
         try:
             reply = json.loads(line)
             req_id = reply.get("id")
-        except (ValueError, AttributeError, UnicodeDecodeError):
+        except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
             log.warn("unreadable line from tracker; closing")
             self.transport.loseConnection()
             return
@@ -172,7 +178,9 @@ class TrackerClientProtocol(LineOnlyReceiver):
         if "ok" in reply:
             d.callback(reply["ok"] if isinstance(reply["ok"], dict) else {})
         else:
-            err = reply.get("error") or {}
+            err = reply.get("error")
+            if not isinstance(err, dict):
+                err = {}
             d.errback(MbtError(str(err.get("message", "tracker error")), str(err.get("code", "error"))))
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -180,6 +188,7 @@ class TrackerClientProtocol(LineOnlyReceiver):
         self.transport.loseConnection()
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
+        self.connected = 0      # later request() calls fail at once instead of hanging
         pending, self._pending = self._pending, {}
         for d in pending.values():
             if not d.called:

@@ -18,7 +18,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from mbt import passwords
-from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, check_file_name, check_id
+from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, TrackerUnavailable, check_file_name, check_id
 from mbt.manifest import Manifest
 from mbt.tracker.state import TrackerState
 from mbt.trackerinfo import parse_address
@@ -34,6 +34,7 @@ class Connection:
         self.session_id: Optional[str] = None
         self.user: Optional[str] = None
         self.token: Optional[str] = None
+        self.closed = False
 
 
 def _str_arg(req: dict, key: str) -> str:
@@ -111,6 +112,7 @@ class TrackerCore:
 
     def connection_lost(self, conn: Connection) -> None:
         """A dropped connection is a logged-out peer: it stops being a seeder."""
+        conn.closed = True      # a login still checking its password must not open a session
         if conn.session_id is not None:
             self.state.close_session(conn.session_id)
             log.info("session of {user} ended (connection lost)", user=conn.user)
@@ -152,6 +154,8 @@ class TrackerCore:
             raise MbtError("wrong user id or password", "bad_credentials")
         if conn.user is not None:   # a racing second login on the same connection
             raise MbtError("already logged in as %s; logout first" % conn.user, "already_logged_in")
+        if conn.closed:             # the peer hung up while its password was checked
+            raise TrackerUnavailable("connection closed during login")
         self._session_counter += 1
         conn.session_id = "%d-%s" % (self._session_counter, secrets.token_hex(4))
         conn.user = user
