@@ -267,9 +267,18 @@ def test_idle_timeout_after_hello_and_ping_resets_it(ready_conn, clock):
     ready_conn.send(b"PING\n")
     clock.advance(IDLE_TIMEOUT - 1)
     assert not ready_conn.closed
-    assert ready_conn.messages() == []
+    assert set(ready_conn.messages()) <= {"PING"}     # only the server's keep-alives
     clock.advance(2)
     assert ready_conn.closed
+
+
+def test_server_sends_keepalive_pings_to_a_quiet_downloader(ready_conn, clock):
+    from mbt.protocols.peer import KEEPALIVE_INTERVAL
+    before = ready_conn.messages().count("PING")
+    clock.advance(KEEPALIVE_INTERVAL + 0.01)
+    assert ready_conn.messages().count("PING") == before + 1
+    clock.advance(KEEPALIVE_INTERVAL)
+    assert ready_conn.messages().count("PING") == before + 2
 
 
 # -- server: requests -----------------------------------------------------------
@@ -583,6 +592,9 @@ class FakeDownload:
     def peer_lost(self, conn):
         self.events.append(("lost",))
 
+    def block_target(self, conn, index, offset, length):
+        return None
+
     def block_received(self, conn, index, offset, data):
         # The protocol reuses its buffer: copy now, as Download does.
         self.events.append(("block", index, offset, bytes(data)))
@@ -888,6 +900,9 @@ class FetchingDownload(FakeDownload):
         super().peer_choked(conn, choked)
         self.choked = choked
         self._ask()
+
+    def block_target(self, conn, index, offset, length):
+        return None
 
     def block_received(self, conn, index, offset, data):
         self.data[(index, offset)] = bytes(data)

@@ -130,6 +130,7 @@ class Download:
         self.banned_addresses: Set[str] = set()
         self.known_peers: Dict[str, str] = {}    # address -> user
         self.buffers: Dict[int, bytearray] = {}
+        self.inplace: Dict[tuple, PeerClientProtocol] = {}   # (index, offset) -> writer
         self.verifying: Set[int] = set()
         self.running = False
         self.started_at = None
@@ -397,6 +398,8 @@ class Download:
         log.info("peer {a}: {reason}", a=conn.address, reason=reason)
 
     def peer_lost(self, conn: PeerClientProtocol) -> None:
+        for key in [k for k, w in self.inplace.items() if w is conn]:
+            del self.inplace[key]
         if self.conns.get(conn.address) is conn:
             del self.conns[conn.address]
         if self.picker is not None:
@@ -406,20 +409,36 @@ class Download:
                     if other.ready:
                         self._fill(other)
 
+    def block_target(self, conn: PeerClientProtocol, index: int, offset: int, length: int):
+        """Where the bytes of a block now arriving should go: its place in the piece
+        buffer if ``conn`` is the only peer fetching it, else None (scratch)."""
+        if (self.picker is None or (index, offset) in self.inplace
+                or not self.picker.sole_holder(conn, index, offset, length)):
+            return None
+        buf = self.buffers.get(index)
+        if buf is None:
+            buf = self.buffers[index] = bytearray(self.manifest.piece_length(index))
+        self.inplace[(index, offset)] = conn
+        return memoryview(buf)[offset:offset + length]
+
     def block_received(self, conn: PeerClientProtocol, index: int, offset: int, data) -> None:
         if not self.running or self.picker is None:
             return
         length = len(data)
+        writer = self.inplace.pop((index, offset), None)
         result = self.picker.block_received(conn, index, offset, length, self.now())
         for other, req in result.cancels:
             if other is not conn and other.connected:
                 other.cancel(req.index, req.offset, req.length)
         if result.accepted:
             self._rate_bytes += length
-            buf = self.buffers.get(index)
-            if buf is None:
-                buf = self.buffers[index] = bytearray(self.manifest.piece_length(index))
-            buf[offset:offset + length] = data
+            if writer is not conn:
+                if writer is not None:
+                    writer.redirect_to_scratch()     # its bytes must not land on ours
+                buf = self.buffers.get(index)
+                if buf is None:
+                    buf = self.buffers[index] = bytearray(self.manifest.piece_length(index))
+                buf[offset:offset + length] = data
             if result.piece_complete:
                 self._verify(index)
         self._fill(conn)

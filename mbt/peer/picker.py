@@ -292,6 +292,14 @@ class PiecePicker:
             self._state[index] = _PENDING
         return BlockResult(True, complete, cancels)
 
+    def sole_holder(self, peer: Peer, index: int, offset: int, length: int) -> bool:
+        """Is this block outstanding at ``peer`` and at no other peer (no endgame copy)?"""
+        part = self._started.get(index)
+        if part is None:
+            return False
+        holders = part.requested.get(BlockRequest(index, offset, length))
+        return holders is not None and len(holders) == 1 and peer in holders
+
     def block_rejected(self, peer: Peer, req: BlockRequest) -> None:
         """``peer`` will not serve ``req`` (choked us or sent REJECT): back to the pool."""
         pst = self._peers.get(peer)
