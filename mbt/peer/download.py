@@ -33,8 +33,12 @@ from mbt.trackerinfo import parse_address
 
 log = Logger(namespace="mbt.peer.download")
 
-#: Blocks outstanding per peer (pipelining): 16 x 128 KiB = 2 MiB in flight.
+#: Request size and blocks outstanding per peer (pipelining).
+#: 128 KiB: 512 KiB blocks measured no faster and make endgame coarser.
+BLOCK_SIZE = 128 * 1024
 PIPELINE_DEPTH = 16
+#: Requests are topped up once this few remain outstanding at a peer.
+REFILL_AT = 12
 #: Peers one download connects to at once.
 MAX_PEERS = 8
 #: How often the tracker is asked again for peers (seconds), and when starved.
@@ -207,7 +211,7 @@ class Download:
                     self.have.clear()
                     self.verified_bytes = 0
                     return
-            self.picker = PiecePicker(self.manifest.size, have=self.have, rng=self.rng,
+            self.picker = PiecePicker(self.manifest.size, have=self.have, rng=self.rng, block_size=BLOCK_SIZE,
                                       request_timeout=REQUEST_TIMEOUT)
             self.servable = Servable(self.record.group, self.manifest, self.piece_file, self.have)
         self.node.register_servable(self.servable)
@@ -441,7 +445,10 @@ class Download:
                 buf[offset:offset + length] = data
             if result.piece_complete:
                 self._verify(index)
-        self._fill(conn)
+        # Refill in batches once half the pipeline has drained: one REQUEST
+        # write (and one reactor write cycle) per several blocks, not per block.
+        if self.picker.outstanding(conn) <= REFILL_AT:
+            self._fill(conn)
 
     def _fill(self, conn: PeerClientProtocol) -> None:
         if not self.running or not conn.ready or conn.choked or not conn.connected:
