@@ -23,6 +23,7 @@ setup(
         "console_scripts": [
             "mbt-tracker = mbt.scripts:tracker_main",
             "mbt-client = mbt.scripts:client_main",
+            "mbt-certs = mbt.certs:main",
         ],
     },
 )

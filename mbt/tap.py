@@ -75,6 +75,9 @@ class PeerOptions(usage.Options):
         ["manhole", "m", None, "endpoint of a password-protected Python shell (off by default)"],
         ["state-dir", "s", None, "where the peer keeps shares and downloads"],
         ["upload-rate", "u", "0", "cap on all uploads, e.g. 25M (bytes/s; 0 = none)"],
+        ["tls-cert", None, None, "this peer's certificate (PEM); turns TLS on with the two below"],
+        ["tls-key", None, None, "its private key (PEM)"],
+        ["tls-ca", None, None, "CA certificate every server must chain to (PEM)"],
     ]
 
     def postOptions(self) -> None:
@@ -83,10 +86,15 @@ class PeerOptions(usage.Options):
         if not self["console"]:
             raise usage.UsageError("--console ENDPOINT is required (e.g. tcp:7100:interface=127.0.0.1)")
         from mbt.peer.ratelimit import parse_rate
+        from mbt.tls import TLSConfig
         try:
             self["upload-rate"] = parse_rate(self["upload-rate"])
         except ValueError as e:
             raise usage.UsageError("--upload-rate: %s" % e)
+        try:
+            self["tls"] = TLSConfig(self["tls-cert"], self["tls-key"], self["tls-ca"]).check()
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
         for key in ("console", "manhole"):
             ep = self[key]
             if ep and ep.startswith("tcp:") and "interface=" not in ep:
@@ -99,6 +107,7 @@ def makePeerService(config) -> service.IService:
     from mbt.peer.runner import PeerService
     try:
         return PeerService(config["address"], config["info"], config["state-dir"],
-                           config["console"], config["manhole"], upload_rate=config["upload-rate"])
+                           config["console"], config["manhole"], upload_rate=config["upload-rate"],
+                           tls=config["tls"])
     except ConfigError as e:
         raise SystemExit("error: %s" % e)

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Callable, Dict, Optional, Set
 
-from twisted.internet import defer, endpoints, protocol, threads
+from twisted.internet import defer, protocol, threads
 from twisted.logger import Logger
 
 from mbt.errors import MbtError
@@ -29,6 +29,7 @@ from mbt.peer.serving import Servable
 from mbt.peer.shares import DownloadRecord
 from mbt.peer.storage import PieceFile
 from mbt.protocols.peer import PROTOCOL_VERSION, PeerClientProtocol
+from mbt.tls import client_endpoint
 from mbt.trackerinfo import parse_address
 
 log = Logger(namespace="mbt.peer.download")
@@ -359,7 +360,7 @@ class Download:
             p = PeerClientProtocol(self, hello, self.reactor)
             p.address = address
             return p
-        ep = endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=5)
+        ep = client_endpoint(self.reactor, host, port, self.node.tls, timeout=5)
         d = ep.connect(_ClientFactory(build))
 
         def connected(p):

@@ -12,13 +12,14 @@ import os
 import random
 from typing import Callable, Dict, List, Optional, Tuple
 
-from twisted.internet import defer, endpoints, threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, check_file_name, check_id
 from mbt.manifest import Manifest, hash_file
 from mbt.peer.download import Download
 from mbt.peer.ratelimit import TokenBucket
+from mbt.tls import TLSConfig, server_endpoint
 from mbt.peer.serving import Servable
 from mbt.peer.shares import DownloadRecord, Share, ShareStore
 from mbt.peer.storage import PieceFile
@@ -36,13 +37,14 @@ class PeerNode:
 
     def __init__(self, address: str, trackers, state_dir: str, reactor,
                  rng: Optional[random.Random] = None, cwd: Optional[str] = None,
-                 upload_rate: float = 0.0) -> None:
+                 upload_rate: float = 0.0, tls: Optional[TLSConfig] = None) -> None:
         self.address = address
         self.trackers = trackers
         self.state_dir = state_dir
         self.reactor = reactor
         self.rng = rng or random.Random()
         self.cwd = cwd or os.getcwd()
+        self.tls = tls
         self.store = ShareStore(state_dir)
         self.user: Optional[str] = None
         self._password: Optional[str] = None      # kept in memory only, to log back in
@@ -50,7 +52,7 @@ class PeerNode:
         self.downloads: Dict[Tuple[str, str], Download] = {}
         self._listeners: List[Callable[[str], None]] = []
         self.tracker = TrackerClient(trackers, reactor, on_connected=self._tracker_connected,
-                                     notify=self.notify)
+                                     notify=self.notify, tls=tls)
         self.upload_limiter = TokenBucket(reactor, upload_rate)
         self.server_factory = PeerServerFactory(self, reactor, limiter=self.upload_limiter)
         self.port = None
@@ -62,8 +64,7 @@ class PeerNode:
     def start(self) -> defer.Deferred:
         """Listen for other peers on our address and connect to a tracker."""
         host, port = self.address.rsplit(":", 1)
-        ep = endpoints.TCP4ServerEndpoint(self.reactor, int(port), interface=host)
-        d = ep.listen(self.server_factory)
+        d = server_endpoint(self.reactor, host, int(port), self.tls).listen(self.server_factory)
 
         def listening(p):
             self.port = p

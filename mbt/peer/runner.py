@@ -13,6 +13,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from mbt.errors import ConfigError
+from mbt.tls import TLSConfig
 from mbt.trackerinfo import load_tracker_info, parse_address
 
 log = Logger(namespace="mbt.peer.runner")
@@ -22,6 +23,13 @@ def default_peer_state_dir(address: str) -> str:
     """``~/.local/share/mbt/peer-IP_PORT`` (or under ``$XDG_DATA_HOME``)."""
     from mbt.tracker.service import default_state_dir
     return default_state_dir("peer-" + address.replace(":", "_"))
+
+
+def add_tls_arguments(ap) -> None:
+    """``--tls-cert/--tls-key/--tls-ca`` on an argparse parser."""
+    ap.add_argument("--tls-cert", help="this process's certificate (PEM); turns TLS on with the two below")
+    ap.add_argument("--tls-key", help="its private key (PEM)")
+    ap.add_argument("--tls-ca", help="CA certificate that every server must chain to (PEM)")
 
 
 def prepare(address: str, info: str, state_dir: Optional[str]):
@@ -58,12 +66,14 @@ class PeerService(service.Service):
     """A peer as a twistd service, with a telnet console and an optional manhole."""
 
     def __init__(self, address: str, info: str, state_dir: Optional[str], console: str,
-                 manhole: Optional[str] = None, reactor=None, upload_rate: float = 0.0) -> None:
+                 manhole: Optional[str] = None, reactor=None, upload_rate: float = 0.0,
+                 tls: Optional[TLSConfig] = None) -> None:
         self.address, self.trackers, self.state_dir, self.lock = prepare(address, info, state_dir)
         self.console_endpoint = console
         self.manhole_endpoint = manhole
         self._reactor = reactor
         self.upload_rate = upload_rate
+        self.tls = tls
         self.node = None
         self.ports = []
 
@@ -77,7 +87,7 @@ class PeerService(service.Service):
         if reactor is None:
             from twisted.internet import reactor
         self.node = PeerNode(self.address, self.trackers, self.state_dir, reactor,
-                             upload_rate=self.upload_rate)
+                             upload_rate=self.upload_rate, tls=self.tls)
         table = CommandTable(self.node)
         try:
             yield self.node.start()
@@ -117,6 +127,7 @@ def run_client(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--state-dir", help="where this peer keeps its shares and downloads")
     ap.add_argument("--log-file", help="log file (default: <state-dir>/peer.log)")
     ap.add_argument("--upload-rate", default="0", help="cap on all uploads, e.g. 25M (bytes/s; 0 = none)")
+    add_tls_arguments(ap)
     args = ap.parse_args(argv)
     from mbt.peer.ratelimit import parse_rate
     try:
@@ -125,6 +136,7 @@ def run_client(argv: Optional[List[str]] = None) -> int:
         print("error: --upload-rate: %s" % e, file=sys.stderr)
         return 2
     try:
+        tls = TLSConfig(args.tls_cert, args.tls_key, args.tls_ca).check()
         address, trackers, state_dir, lock = prepare(args.address, args.info, args.state_dir)
     except ConfigError as e:
         print("error: %s" % e, file=sys.stderr)
@@ -137,7 +149,7 @@ def run_client(argv: Optional[List[str]] = None) -> int:
     from mbt.peer.node import PeerNode
     from mbt.protocols.console import StdioConsole
 
-    node = PeerNode(address, trackers, state_dir, reactor, upload_rate=upload_rate)
+    node = PeerNode(address, trackers, state_dir, reactor, upload_rate=upload_rate, tls=tls)
     table = CommandTable(node)
     status = {"code": 0, "stopping": False}
 

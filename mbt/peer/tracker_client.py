@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from mbt.errors import TrackerUnavailable
 from mbt.protocols.tracker import TrackerClientProtocol
+from mbt.tls import client_endpoint
 from mbt.trackerinfo import TrackerAddress
 
 log = Logger(namespace="mbt.peer.tracker")
@@ -32,11 +33,12 @@ class TrackerClient:
 
     def __init__(self, trackers: List[TrackerAddress], reactor,
                  on_connected: Optional[Callable[["TrackerClient"], defer.Deferred]] = None,
-                 notify: Callable[[str], None] = lambda msg: None) -> None:
+                 notify: Callable[[str], None] = lambda msg: None, tls=None) -> None:
         self.trackers = trackers
         self.reactor = reactor
         self.on_connected = on_connected
         self.notify = notify
+        self.tls = tls
         self.proto: Optional[TrackerClientProtocol] = None
         self.current: Optional[TrackerAddress] = None
         self.ready = False
@@ -75,8 +77,7 @@ class TrackerClient:
         if not self._running:
             return
         target = self.trackers[self._index]
-        ep = endpoints.TCP4ClientEndpoint(self.reactor, target.host, target.port,
-                                          timeout=self.connect_timeout)
+        ep = client_endpoint(self.reactor, target.host, target.port, self.tls, self.connect_timeout)
         d = endpoints.connectProtocol(ep, TrackerClientProtocol())
         d.addCallbacks(self._connected, self._connect_failed, callbackArgs=(target,),
                        errbackArgs=(target,))
@@ -112,20 +113,26 @@ class TrackerClient:
             self.notify("reconnected to tracker %s" % target)
         self._announced_loss = False
         self._ever_connected = True
-        d = defer.maybeDeferred(self.on_connected, self) if self.on_connected else defer.succeed(None)
+        # A ping first: it proves the other end speaks our protocol and, with TLS,
+        # that the handshake (certificate checks included) went through.
+        d = self._with_timeout(proto, proto.request("ping"))
+        d.addCallback(lambda _: self.on_connected(self) if self.on_connected else None)
 
         def done(result):
-            if self.proto is proto:
+            if self.proto is proto and proto.connected:
                 self.ready = True
                 waiters, self._waiters = self._waiters, []
                 for w in waiters:
                     w.callback(proto)
             return result
 
-        def hook_failed(f):
+        def failed(f):
+            if f.check(TrackerUnavailable):
+                log.info("tracker {t} did not answer: {why}", t=str(target), why=f.getErrorMessage())
+                return None
             log.failure("re-login after connecting to {t} failed", f, t=str(target))
-        d.addErrback(hook_failed)
         d.addCallback(done)
+        d.addErrback(failed)
 
     def _lost(self, proto: TrackerClientProtocol) -> None:
         if proto is not self.proto:
