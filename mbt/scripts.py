@@ -17,7 +17,9 @@ def _start_logging(path: Optional[str] = None) -> None:
         globalLogBeginner, textFileLogObserver
     level = LogLevel.levelWithName(os.environ.get("MBT_LOG_LEVEL", "info").lower()) \
         if os.environ.get("MBT_LOG_LEVEL", "info").lower() in ("debug", "info", "warn", "error") else LogLevel.info
-    out = open(path, "a", encoding="utf-8") if path else sys.stderr
+    # The log may hold user and group names: readable by its owner only.
+    out = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a",
+                    encoding="utf-8") if path else sys.stderr
     observer = FilteringLogObserver(textFileLogObserver(out),
                                     [LogLevelFilterPredicate(defaultLogLevel=level)])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)

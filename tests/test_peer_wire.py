@@ -78,6 +78,10 @@ def partial(shared, piece_files):
 class FakeNode:
     """``open_servable`` as PeerNode has it: the servable, or an MbtError."""
 
+    @staticmethod
+    def ticket_expires(ticket):
+        return None
+
     def __init__(self, servable=None, refuse: MbtError = None) -> None:
         self.servable = servable
         self.refuse = refuse
@@ -957,3 +961,19 @@ def test_refused_client_never_gets_bytes(servable, shared, clock):
     assert dl.events == [("error", "refused: not a member of club"), ("lost",)]
     assert dl.data == {}
     assert clock.getDelayedCalls() == []
+
+
+def test_connections_per_host_are_capped(monkeypatch, servable, clock):
+    import mbt.protocols.peer as peer_mod
+    from twisted.internet.address import IPv4Address
+    monkeypatch.setattr(peer_mod, "MAX_CONNECTIONS_PER_HOST", 2)
+    factory = PeerServerFactory(FakeNode(servable), clock)
+    made = []
+    for port in (1, 2, 3):
+        p = factory.buildProtocol(IPv4Address("TCP", "127.0.0.9", port))
+        if p is not None:
+            p.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", port)))
+        made.append(p)
+    assert made[0] is not None and made[1] is not None and made[2] is None
+    other = factory.buildProtocol(IPv4Address("TCP", "127.0.0.8", 1))
+    assert other is not None

@@ -46,6 +46,9 @@ MAX_QUEUED_REQUESTS = 256
 #: Socket-level buffer: fewer, larger reads and writes (measured: the 64 KiB
 #: default costs ~30% of loopback throughput in reactor wake-ups).
 TRANSPORT_BUFFER = 1024 * 1024
+#: Connections a peer serves at once, in all and from one IP address.
+MAX_CONNECTIONS = 1024
+MAX_CONNECTIONS_PER_HOST = 64
 HANDSHAKE_TIMEOUT = 15.0
 IDLE_TIMEOUT = 120.0
 KEEPALIVE_INTERVAL = 30.0
@@ -85,6 +88,7 @@ class PeerServerProtocol(LineReceiver):
         # Not ``paused``: LineReceiver uses that name to stop reading lines.
         self.send_paused = False
         self.queue: "OrderedDict[tuple, None]" = OrderedDict()
+        self.ticket_expires: Optional[float] = None
         self._timeout = None
         self._last_activity = 0.0
 
@@ -157,6 +161,8 @@ class PeerServerProtocol(LineReceiver):
         try:
             if verb == "REQUEST":
                 self._request(*_ints(parts[1:], 3))
+            elif verb == "TICKET":
+                self._renew(parts[1:])
             elif verb == "CANCEL":
                 self.queue.pop(tuple(_ints(parts[1:], 3)), None)
             elif verb == "PING":
@@ -179,6 +185,7 @@ class PeerServerProtocol(LineReceiver):
             return self._close("refused HELLO: %s" % e.message)
         self.servable = servable
         self.user = user
+        self.ticket_expires = self.factory.node.ticket_expires(ticket)
         self._timeout.reset(IDLE_TIMEOUT)
         self._keepalive = self.factory.clock.callLater(KEEPALIVE_INTERVAL, self._ping)
         count = servable.manifest.pieces
@@ -189,7 +196,23 @@ class PeerServerProtocol(LineReceiver):
         else:
             self.sendLine(b"CHOKE")
 
+    def _renew(self, args) -> None:
+        """``TICKET <ticket>``: a fresh ticket for the same user, file and group."""
+        if len(args) != 1:
+            return self._close("malformed TICKET")
+        try:
+            self.factory.node.open_servable(self.servable.group, self.servable.manifest.file_hash,
+                                            self.user, args[0], self.remote)
+        except MbtError as e:
+            self.sendLine(("ERROR " + e.message).encode("ascii", "replace"))
+            return self._close("refused TICKET: %s" % e.message)
+        self.ticket_expires = self.factory.node.ticket_expires(args[0])
+
     def _request(self, index: int, offset: int, length: int) -> None:
+        if self.ticket_expires is not None and self.factory.clock.seconds() >= self.ticket_expires:
+            # Membership is proven for a ticket's lifetime only: no renewal, no bytes.
+            self.sendLine(b"ERROR ticket expired")
+            return self._close("ticket expired")
         if self.choked:
             self.sendLine(b"REJECT %d %d %d" % (index, offset, length))
             return
@@ -295,6 +318,15 @@ class PeerServerFactory(protocol.ServerFactory):
         self.limiter = limiter
         self.connections = set()
         self.uploaded = 0
+
+    def buildProtocol(self, addr):
+        host = getattr(addr, "host", None)
+        same_host = sum(1 for c in self.connections if c.remote.rsplit(":", 1)[0] == host)
+        if len(self.connections) >= MAX_CONNECTIONS or same_host >= MAX_CONNECTIONS_PER_HOST:
+            log.warn("refusing a connection from {host}: {n} open from there, {total} in all",
+                     host=host, n=same_host, total=len(self.connections))
+            return None
+        return protocol.ServerFactory.buildProtocol(self, addr)
 
     def refuse_all(self, reason: str, predicate=lambda conn: True) -> None:
         """Close every serving connection matching ``predicate``."""
