@@ -177,8 +177,9 @@ def assert_one_error_line(reply: str) -> None:
 
 # -- parsing and usage -----------------------------------------------------
 
-def test_table_has_exactly_the_contract_commands(table):
-    assert set(table.commands) == set(CONTRACT)
+def test_table_has_the_contract_commands_plus_set(table):
+    # ``set`` (issue #8's live upload rate) is the one command beyond the contract.
+    assert set(table.commands) == set(CONTRACT) | {"set"}
 
 
 @pytest.mark.parametrize("name", [c for c in CONTRACT if c != "help"])
@@ -517,3 +518,17 @@ def test_subscribe_goes_to_the_node(table, node):
     assert node.listeners == [got.append]
     unsubscribe()
     assert node.listeners == []
+
+
+def test_set_upload_rate_changes_the_shared_bucket_live():
+    from twisted.internet import task
+    from mbt.peer.ratelimit import TokenBucket
+    node = type("N", (), {})()
+    node.upload_limiter = TokenBucket(task.Clock(), 0)
+    from mbt.peer.commands import CommandTable
+    table = CommandTable(node)
+    assert table.execute("set upload_rate 20M").result == "upload rate limit: 20.0 MB/s for all uploads"
+    assert node.upload_limiter.rate == 20e6
+    assert table.execute("set upload_rate 0").result == "no upload rate limit"
+    assert table.execute("set upload_rate fast").result.startswith("error: bad rate 'fast'")
+    assert table.execute("set color blue").result.startswith("error: unknown setting 'color'")

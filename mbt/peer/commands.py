@@ -84,6 +84,7 @@ class CommandTable:
              "download a file in the background"),
             ("show_downloads", [], "progress of your downloads"),
             ("stop_share", ["group_id", "file_name"], "stop sharing one file"),
+            ("set", ["option", "value"], "change a setting live: set upload_rate 20M (0 = no limit)"),
             ("help", ["command"], "list commands, or show one command's usage"),
             ("quit", [], "stop this console (the stdio client stops the peer)"),
         ]
@@ -233,6 +234,17 @@ class CommandTable:
     def cmd_show_downloads(self):
         lines = self.node.show_downloads()
         return "\n".join(lines) if lines else "(no downloads)"
+
+    def cmd_set(self, option: str, value: str):
+        if option != "upload_rate":
+            raise UsageError("unknown setting %r; settings: upload_rate" % option[:40])
+        from mbt.peer.ratelimit import parse_rate
+        try:
+            rate = parse_rate(value)
+        except ValueError as e:
+            raise UsageError(str(e))
+        self.node.upload_limiter.set_rate(rate)
+        return "no upload rate limit" if not rate else "upload rate limit: %.1f MB/s for all uploads" % (rate / 1e6)
 
     def cmd_stop_share(self, group: str, name: str):
         return self.node.stop_share(group, name).addCallback(
