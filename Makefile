@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-compare clean
+.PHONY: demo test bench bench-deps bench-compare clean
 
 $(STAMP): setup.py
 	$(PY) -m venv $(VENV)
@@ -26,11 +26,29 @@ demo: $(VENV)/.code
 test: $(VENV)/.code
 	$(BIN)/python -m pytest -q tests
 
-bench: $(VENV)/.code
-	$(BIN)/python benchmarks/run.py
+# Benchmarks (docs/performance.rst). Extra options: make bench BENCH_ARGS="--big --runs 5".
+# matplotlib (the setup.py "bench" extra) draws the tracker's load curve.
+BENCH_ARGS ?=
+LT_PACKAGES := python3-libtorrent mktorrent opentracker time
 
-bench-compare: $(VENV)/.code
-	$(BIN)/python benchmarks/compare.py
+bench-deps: $(VENV)/.code
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install --quiet matplotlib
+
+bench: bench-deps
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# The libtorrent half needs Debian's python3-libtorrent (for /usr/bin/python3),
+# mktorrent and opentracker: installed here when missing. Without root or a
+# network, compare.py skips that half and still prints mbt's figures.
+bench-compare: bench-deps
+	@if ! /usr/bin/python3 -c 'import libtorrent' 2>/dev/null || ! command -v mktorrent >/dev/null \
+	    || ! command -v opentracker >/dev/null || ! test -x /usr/bin/time; then \
+	  echo "bench-compare: installing $(LT_PACKAGES) with apt-get"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y $(LT_PACKAGES) \
+	  || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(LT_PACKAGES); } \
+	  || echo "bench-compare: could not install $(LT_PACKAGES) (root and a network are needed)"; \
+	fi
+	$(BIN)/python benchmarks/compare.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache _trial_temp

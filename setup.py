@@ -14,7 +14,7 @@ setup(
     # (no __init__.py) so it is merged into Twisted's own plugin path.
     packages=["mbt", "mbt.protocols", "mbt.tracker", "mbt.peer", "twisted.plugins"],
     package_data={"twisted.plugins": ["mbt_plugins.py"]},
-    install_requires=["twisted[tls,conch]>=22.10", "service-identity", "pyopenssl"],
+    install_requires=["twisted[tls,conch]>=22.10", "service-identity", "pyopenssl", "cryptography"],
     extras_require={
         "test": ["pytest", "pytest-twisted", "hypothesis"],
         "bench": ["matplotlib"],

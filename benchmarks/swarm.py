@@ -7,7 +7,6 @@ Everything is driven through the consoles exactly as a user's script would:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import statistics
@@ -48,6 +47,18 @@ def proc_stats(pid: int) -> Dict[str, float]:
     return {"cpu": cpu, "rss": hwm}
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all CPUs, everything but idle and iowait).
+
+    Sampled around each run: busy time not spent by the leecher or the
+    seeders is other load (the tracker, this driver, kernel threads, other
+    users of a shared VM), printed so that a disturbed run is visible.
+    """
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
 class Swarm:
     """One tracker plus seeders sharing ``data`` in group ``bench``."""
 
@@ -56,6 +67,14 @@ class Swarm:
         self.data = data
         self.procs: List[Process] = []
         self.seeders: List[Console] = []
+        try:
+            self._start(seeders, upload_rate)
+        except BaseException:
+            self.stop()     # never leave a tracker or seeder running after a failed set-up
+            raise
+
+    def _start(self, seeders: int, upload_rate: Optional[str]) -> None:
+        work, data = self.work, self.data
         port = free_port()
         self.info = os.path.join(work, "tracker_info.txt")
         with open(self.info, "w") as f:
@@ -65,6 +84,7 @@ class Swarm:
         self.procs.append(t)
         wait_port(port, 20, t.proc)
         self.leechers = 0
+        self.hash_times: List[float] = []     # upload_file reply time of every seeder
         self.rate_args = ["--upload-rate", upload_rate] if upload_rate else []
         for i in range(seeders):
             c = self.peer("seed%d" % i, extra=self.rate_args)
@@ -76,6 +96,7 @@ class Swarm:
             t0 = time.monotonic()
             reply = self.must(c, "upload_file %s bench" % data, timeout=600)
             self.hash_seconds = time.monotonic() - t0
+            self.hash_times.append(self.hash_seconds)
             self.seeders.append(c)
         self.name = os.path.basename(data)
 
@@ -138,31 +159,61 @@ def files_equal(a: str, b: str) -> bool:
     return subprocess.run(["cmp", "-s", a, b]).returncode == 0
 
 
-def one_to_many_seeders(work: str, data: str, seeders: int = 4, runs: int = 3) -> Dict:
-    """One leecher downloads ``data`` from ``seeders`` seeders; medians over ``runs``."""
-    swarm = Swarm(work, data, seeders)
-    size = os.path.getsize(data)
-    results = []
+def leech_once(swarm: Swarm) -> Dict:
+    """One download by a fresh leecher from every seeder of ``swarm``; the leecher is stopped after.
+
+    CPU is counted for the download only (``download_file`` -> ``[C]``), not the
+    interpreter start-up and login before it, so it compares with libtorrent's
+    figure taken the same way (``lt_job.py``). Peak RSS is the process's
+    high-water mark (``VmHWM``), start-up included.
+    """
+    size = os.path.getsize(swarm.data)
+    leech = swarm.leecher()
     try:
-        for _ in range(runs):
-            leech = swarm.leecher()
-            seeder_cpu0 = sum(proc_stats(s.pid)["cpu"] for s in swarm.seeders)
-            secs = swarm.download(leech)
-            st = proc_stats(leech.pid)
-            seeder_cpu = sum(proc_stats(s.pid)["cpu"] for s in swarm.seeders) - seeder_cpu0
-            ok = swarm.verify(leech)
-            results.append({"seconds": secs, "mbps": size / secs / MB, "cpu": st["cpu"], "rss": st["rss"],
-                            "seeder_cpu": seeder_cpu, "verified": ok})
-            leech.stop(10)
-            shutil.rmtree(os.path.join(work, con_name(leech, swarm), "dl"), ignore_errors=True)
+        cpu0 = proc_stats(leech.pid)["cpu"]
+        seeder_cpu0 = sum(proc_stats(s.pid)["cpu"] for s in swarm.seeders)
+        busy0 = machine_busy()
+        secs = swarm.download(leech)
+        busy = machine_busy() - busy0
+        st = proc_stats(leech.pid)
+        seeder_cpu = sum(proc_stats(s.pid)["cpu"] for s in swarm.seeders) - seeder_cpu0
+        ok = swarm.verify(leech)
     finally:
-        swarm.stop()
+        leech.stop(10)
+        shutil.rmtree(os.path.join(swarm.work, con_name(leech, swarm), "dl"), ignore_errors=True)
+    settle()
+    return {"seconds": secs, "mbps": size / secs / MB, "cpu": st["cpu"] - cpu0, "cpu_total": st["cpu"],
+            "rss": st["rss"], "seeder_cpu": seeder_cpu, "other_cpu": busy - (st["cpu"] - cpu0) - seeder_cpu,
+            "verified": ok}
+
+
+def settle() -> None:
+    """Between runs (not timed): write back the last download's dirty pages.
+
+    Otherwise the kernel's writeback of run N lands in the middle of run N+1.
+    """
+    os.sync()
+    time.sleep(0.5)
+
+
+def summarize(results: List[Dict], size: int) -> Dict:
+    """Medians over runs (each figure separately) plus the raw runs."""
     return {"runs": results,
             "mbps": statistics.median(r["mbps"] for r in results),
             "cpu": statistics.median(r["cpu"] for r in results),
             "rss": statistics.median(r["rss"] for r in results),
             "seeder_cpu_per_gb": statistics.median(r["seeder_cpu"] for r in results) / (size / 1e9),
             "verified": all(r["verified"] for r in results)}
+
+
+def one_to_many_seeders(work: str, data: str, seeders: int = 4, runs: int = 3) -> Dict:
+    """One leecher downloads ``data`` from ``seeders`` seeders; medians over ``runs``."""
+    swarm = Swarm(work, data, seeders)
+    try:
+        results = [leech_once(swarm) for _ in range(runs)]
+    finally:
+        swarm.stop()
+    return summarize(results, os.path.getsize(data))
 
 
 def one_seeder_many_leechers(work: str, data: str, leechers: int = 8, upload_rate: Optional[str] = None) -> Dict:

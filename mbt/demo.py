@@ -56,8 +56,13 @@ def tracker_info(work: str) -> str:
     return path
 
 
-def show(address_to_name):
+def show(address_to_name, consoles):
     def echo(address, line, reply):
+        con = consoles.get(address)
+        if con is not None:
+            for notice in con.notices:
+                say("%s (notice): %s" % (address_to_name[address], notice.strip()))
+            del con.notices[:]
         say("%s> %s" % (address_to_name[address], line))
         for ln in reply.splitlines():
             say("    " + ln)
@@ -78,7 +83,8 @@ def main() -> int:
             wait_port(trackers[n - 1].port, 20, t.proc)
         say("started 2 trackers")
         names = {}
-        echo = show(names)
+        by_address = {}
+        echo = show(names, by_address)
         peers = {}
         for name in ("alice", "bob", "carol"):
             address = "127.0.0.1:%d" % free_port()
@@ -87,6 +93,7 @@ def main() -> int:
             extra = ["--upload-rate", ALICE_RATE] if name == "alice" else []
             peers[name] = c = Console(address, info, os.path.join(work, name, "state"),
                                       cwd=os.path.join(work, name), extra=extra, echo=echo)
+            by_address[address] = c
             procs.append(c)
         say("started 3 peers: %s" % ", ".join("%s on %s" % (n, c.address) for n, c in peers.items()))
         say()
@@ -127,6 +134,9 @@ def main() -> int:
                 break
             time.sleep(0.3)
         must(carol, "download_file movies holiday.mkv downloads")
+        say()
+        say("*** killing tracker 1 (SIGKILL) while both downloads run ***")
+        procs[0].kill()
         say()
         deadline = time.monotonic() + 120
         done = set()

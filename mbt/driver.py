@@ -109,6 +109,7 @@ class Console(Process):
         self.address = address
         self.buf = ""
         self.echo = echo
+        self.notices: List[str] = []      # asynchronous lines seen between commands
         self.banner = self.read_reply(30)
 
     def read_reply(self, timeout: float = 30.0) -> str:
@@ -145,8 +146,8 @@ class Console(Process):
         return notices
 
     def cmd(self, line: str, timeout: float = 30.0) -> str:
-        """Send one command; return its reply."""
-        self.drain()
+        """Send one command; return its reply (notices before it go to ``notices``)."""
+        self.notices.extend(ln for ln in self.drain().splitlines() if ln.strip() and ln.strip() != "mbt>")
         self.send(line + "\n")
         reply = self.read_reply(timeout)
         if self.echo is not None:

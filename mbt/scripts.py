@@ -39,21 +39,22 @@ def _install_signal_handlers(reactor, stop) -> None:
 
 
 def tracker_main(argv: Optional[List[str]] = None) -> int:
-    """``mbt-tracker TRACKER_INFO N [--state-dir DIR]``: run tracker N until ``quit``."""
+    """``mbt-tracker TRACKER_INFO N [--state-dir DIR] [--secret-file PATH]``: run tracker N until ``quit``."""
     ap = _ArgParser(prog="mbt-tracker", description="Run tracker N of TRACKER_INFO.")
     ap.add_argument("info", metavar="TRACKER_INFO", help="file listing every tracker, IP:PORT per line")
     ap.add_argument("no", metavar="N", type=int, help="which tracker this is (1-based line)")
     ap.add_argument("--state-dir", help="database directory (default ~/.local/share/mbt/tracker-N)")
+    ap.add_argument("--secret-file", help="the trackers' shared secret (default: .mbt-tracker-secret"
+                    " next to TRACKER_INFO, created if missing)")
     ap.add_argument("--log-file", help="write the log here instead of stderr")
     args = ap.parse_args(argv)
 
-    from mbt.tap import resolve_tracker, tracker_endpoint
-    config = {"info": args.info, "no": args.no, "state-dir": args.state_dir}
+    from mbt.tap import build_tracker, resolve_tracker
+    config = {"info": args.info, "no": args.no, "state-dir": args.state_dir,
+              "secret-file": args.secret_file}
     try:
         resolve_tracker(config)
-        from mbt.tracker.service import TrackerService
-        svc = TrackerService(tracker_endpoint(config["address"].host, config["address"].port),
-                             config["state-dir"])
+        svc = build_tracker(config)
     except ConfigError as e:
         print("error: %s" % e, file=sys.stderr)
         return 2

@@ -15,14 +15,16 @@ def tracker_endpoint(host: str, port: int) -> str:
 
 
 class TrackerOptions(usage.Options):
-    """``twistd mbt-tracker --info TRACKER_INFO --no N [--state-dir DIR]``."""
+    """``twistd mbt-tracker --info TRACKER_INFO --no N [--state-dir DIR] [--secret-file PATH]``."""
 
-    synopsis = "--info TRACKER_INFO --no N [--state-dir DIR]"
+    synopsis = "--info TRACKER_INFO --no N [--state-dir DIR] [--secret-file PATH]"
     optParameters = [
         ["info", "i", "tracker_info.txt", "file listing every tracker (IP:PORT per line)"],
         ["no", "n", None, "which tracker this is: 1-based line of the info file"],
         ["state-dir", "s", None, "where the tracker keeps its database "
          "(default ~/.local/share/mbt/tracker-N)"],
+        ["secret-file", None, None, "the trackers' shared secret (default: .mbt-tracker-secret "
+         "next to the info file, created if missing)"],
     ]
 
     def postOptions(self) -> None:
@@ -39,7 +41,7 @@ class TrackerOptions(usage.Options):
 
 
 def resolve_tracker(config) -> None:
-    """Fill ``config['address']`` and ``config['state-dir']`` from the info file."""
+    """Fill ``config['address']``, ``config['trackers']`` and ``config['state-dir']`` from the info file."""
     from mbt.trackerinfo import load_tracker_info, select_tracker
     from mbt.tracker.service import default_state_dir
     trackers = load_tracker_info(config["info"])
@@ -50,12 +52,25 @@ def resolve_tracker(config) -> None:
         config["state-dir"] = default_state_dir("tracker-%d" % config["no"])
 
 
-def makeTrackerService(config) -> service.IService:
-    """The tracker as a twistd service."""
+def build_tracker(config):
+    """The TrackerService a resolved config describes (shared secret loaded or created).
+
+    Raises ConfigError for an unusable secret file or state dir.
+    """
+    from mbt.tracker.secret import default_secret_path, load_or_create_secret
     from mbt.tracker.service import TrackerService
     me = config["address"]
+    secret_file = config.get("secret-file")
+    secret = load_or_create_secret(secret_file or default_secret_path(config["info"]),
+                                   create=not secret_file)
+    return TrackerService(tracker_endpoint(me.host, me.port), config["state-dir"],
+                          trackers=config["trackers"], number=config["no"], secret=secret)
+
+
+def makeTrackerService(config) -> service.IService:
+    """The tracker as a twistd service."""
     try:
-        svc = TrackerService(tracker_endpoint(me.host, me.port), config["state-dir"])
+        svc = build_tracker(config)
     except ConfigError as e:
         raise SystemExit("error: %s" % e)
     top = service.MultiService()

@@ -977,3 +977,39 @@ def test_connections_per_host_are_capped(monkeypatch, servable, clock):
     assert made[0] is not None and made[1] is not None and made[2] is None
     other = factory.buildProtocol(IPv4Address("TCP", "127.0.0.8", 1))
     assert other is not None
+
+
+class ExpiringNode(FakeNode):
+    """Tickets that run out at a set time; ``TICKET`` renewals are checked like HELLO."""
+
+    def __init__(self, servable, expires):
+        super().__init__(servable)
+        self.expires = expires
+
+    def ticket_expires(self, ticket):
+        return self.expires if ticket != "fresh" else self.expires + 1000
+
+
+def test_requests_after_the_ticket_expires_get_no_bytes(make_conn, servable, clock):
+    conn = make_conn(ExpiringNode(servable, expires=100.0))
+    conn.send(b"HELLO mbt/1 %s %s u old\n" % (servable.group.encode(), servable.manifest.file_hash.encode()))
+    conn.take()
+    conn.send(b"REQUEST 0 0 10\n")
+    assert [m[0] for m in conn.take() if isinstance(m, tuple)] == ["PIECE"]
+    clock.advance(100)
+    conn.send(b"REQUEST 0 0 10\n")
+    assert [m for m in conn.take() if m != "PING"] == ["ERROR ticket expired"]
+    assert conn.closed
+
+
+def test_a_renewed_ticket_keeps_the_connection_serving(make_conn, servable, clock):
+    conn = make_conn(ExpiringNode(servable, expires=100.0))
+    conn.send(b"HELLO mbt/1 %s %s u old\n" % (servable.group.encode(), servable.manifest.file_hash.encode()))
+    conn.take()
+    conn.send(b"TICKET fresh\n")
+    for _ in range(4):                  # 200 s later, with keep-alives in between
+        clock.advance(50)
+        conn.send(b"PING\n")
+    conn.send(b"REQUEST 0 0 10\n")
+    assert [m[0] for m in conn.take() if isinstance(m, tuple)] == ["PIECE"]
+    assert not conn.closed

@@ -267,7 +267,8 @@ def test_a_request_is_logged_as_one_line_whatever_its_op(tracker):
 # -- sessions and authentication -------------------------------------------------------
 
 LOGIN_OPS = ["logout", "create_group", "list_groups", "join_group", "leave_group", "list_requests",
-             "accept_request", "reject_request", "list_files", "share_file", "stop_share", "get_peers"]
+             "accept_request", "reject_request", "list_files", "share_file", "stop_share", "get_peers",
+             "ticket_key", "get_ticket"]
 
 
 @pytest.mark.parametrize("op", LOGIN_OPS)
@@ -280,7 +281,8 @@ def test_ops_before_login_are_not_logged_in(tracker, op):
 
 def test_every_tracker_operation_is_known():
     core = TrackerCore(TrackerState(), MemoryStore(), run_in_thread=sync_thread)
-    assert core.operations == sorted(LOGIN_OPS + ["ping", "create_user", "login"])
+    assert core.operations == sorted(LOGIN_OPS + ["ping", "create_user", "login",
+                                                  "state_digest", "tracker_status"])
 
 
 def test_login_returns_a_token_and_twice_is_already_logged_in(tracker):

@@ -51,6 +51,8 @@ NO_PEER_LIMIT = 600.0
 ALL_BANNED_LIMIT = 30.0
 #: A block not delivered within this many seconds is asked of another peer.
 REQUEST_TIMEOUT = 15.0
+#: A ticket is renewed when it has less than this many seconds left.
+TICKET_REFRESH = 120.0
 #: Progress is saved at most this often (seconds).
 SAVE_INTERVAL = 2.0
 
@@ -151,6 +153,7 @@ class Download:
         self._rate_window = []
         self.rate = 0.0
         self.registered = False
+        self.ticket: Optional[str] = None
 
     # -- status --------------------------------------------------------------
 
@@ -285,6 +288,7 @@ class Download:
             waited = now - self.last_peer_time
             if waited > 5:
                 self.note = "no peer sharing it right now; waiting %ds" % waited
+        self._renew_ticket()
         interval = STARVED_REFRESH_INTERVAL if len(ready) < 2 else REFRESH_INTERVAL
         if now - self._last_refresh >= interval:
             self.refresh_peers()
@@ -295,6 +299,24 @@ class Download:
             self._fill(conn)
         self._save()
         self._ticker = self.reactor.callLater(1.0, self._tick)
+
+    def _renew_ticket(self) -> None:
+        """Before our ticket runs out, get a fresh one and show it to every server."""
+        if self.ticket is None or self.node.ticket_expires(self.ticket) - self.now() > TICKET_REFRESH:
+            return
+        old = self.ticket
+
+        def got(ticket):
+            if ticket != old:
+                self.ticket = ticket
+                for conn in self.conns.values():
+                    if conn.ready and conn.connected:
+                        conn.sendLine(b"TICKET " + ticket.encode("ascii"))
+
+        def failed(f):
+            f.trap(MbtError)
+            self.note = "tracker: %s" % f.value.message
+        self.node.get_ticket(self.record.group, self.manifest.file_hash).addCallbacks(got, failed)
 
     def _check_all_banned(self, now: float) -> None:
         if self.known_peers and all(a in self.banned_addresses for a in self.known_peers):
@@ -313,6 +335,7 @@ class Download:
         self._last_refresh = self.now()
         d = self.node.tracker.request("get_peers", group=self.record.group, name=self.record.name)
 
+        @defer.inlineCallbacks
         def got(result):
             manifest = result.get("manifest") or {}
             if manifest.get("file_hash") != self.manifest.file_hash:
@@ -324,7 +347,10 @@ class Download:
                 addr = p.get("address")
                 if isinstance(addr, str) and addr != self.node.address:
                     self.known_peers[addr] = str(p.get("user", "?"))
-            self._connect_more()
+            if self.known_peers:
+                # The tracker's word that we are a member, shown to every peer in HELLO.
+                self.ticket = yield self.node.get_ticket(self.record.group, self.manifest.file_hash)
+                self._connect_more()
 
         def failed(f):
             f.trap(MbtError)
@@ -352,9 +378,8 @@ class Download:
         self.connecting.add(address)
         hello = ("HELLO %s %s %s %s" % (PROTOCOL_VERSION, self.record.group, self.manifest.file_hash,
                                         self.node.user or "-")).encode("ascii")
-        ticket = self.node.ticket_for(self.record.group, self.manifest.file_hash)
-        if ticket:
-            hello += b" " + ticket.encode("ascii")
+        if self.ticket:
+            hello += b" " + self.ticket.encode("ascii")
 
         def build():
             p = PeerClientProtocol(self, hello, self.reactor)

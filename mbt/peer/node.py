@@ -8,6 +8,8 @@ the console lives in :mod:`mbt.peer.commands`.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import random
 from typing import Callable, Dict, List, Optional, Tuple
@@ -17,8 +19,9 @@ from twisted.logger import Logger
 
 from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, check_file_name, check_id
 from mbt.manifest import Manifest, hash_file
-from mbt.peer.download import Download
+from mbt.peer.download import TICKET_REFRESH, Download
 from mbt.peer.ratelimit import TokenBucket
+from mbt.tickets import verify_ticket
 from mbt.tls import TLSConfig, server_endpoint
 from mbt.peer.serving import Servable
 from mbt.peer.shares import DownloadRecord, Share, ShareStore
@@ -49,6 +52,8 @@ class PeerNode:
         self.user: Optional[str] = None
         self._password: Optional[str] = None      # kept in memory only, to log back in
         self.servables: Dict[Tuple[str, str], Servable] = {}   # (group, file_hash) -> Servable
+        self.ticket_key: Optional[str] = None     # the trackers' public ticket key (hex)
+        self._tickets: Dict[Tuple[str, str], Tuple[str, float]] = {}
         self.downloads: Dict[Tuple[str, str], Download] = {}
         self._listeners: List[Callable[[str], None]] = []
         self.tracker = TrackerClient(trackers, reactor, on_connected=self._tracker_connected,
@@ -127,6 +132,7 @@ class PeerNode:
             raise MbtError("already logged in as %s; logout first" % self.user, "already_logged_in")
         yield self.tracker.request("login", user=user, password=password, address=self.address)
         self.user, self._password = user, password
+        self.ticket_key = (yield self.tracker.request("ticket_key"))["public_key"]
         shared, warnings = yield self._announce_all()
         resumed = self._resume_downloads()
         return {"user": user, "shares": shared, "warnings": warnings, "resumed": resumed}
@@ -142,6 +148,7 @@ class PeerNode:
         finally:
             # Even if the tracker is unreachable we stop serving: logout is local first.
             self.user = self._password = None
+            self._tickets.clear()
             self.server_factory.refuse_all("peer logged out")
             # Close shared files; a paused download keeps its .part file open
             # and registers it again when it resumes at login.
@@ -163,6 +170,10 @@ class PeerNode:
         except MbtError as e:
             self.notify("could not log back in as %s: %s" % (self.user, e.message))
             return
+        try:
+            self.ticket_key = (yield client.raw_request("ticket_key"))["public_key"]
+        except MbtError:
+            pass
         shared, warnings = yield self._announce_all(raw=True)
         for dl in self.downloads.values():
             if dl.status == "D" and dl.have:
@@ -250,11 +261,39 @@ class PeerNode:
         servable = self.servables.get((group, file_hash))
         if servable is None:
             raise MbtError("no such file shared here in group %s" % group[:64], "not_sharing")
+        self._check_ticket(group, file_hash, user, ticket, remote)
         return servable
 
-    def ticket_for(self, group: str, file_hash: str) -> Optional[str]:
-        """A proof of membership to present in HELLO (none yet; see docs/protocol.rst)."""
-        return None
+    def _check_ticket(self, group: str, file_hash: str, user: str, ticket: Optional[str],
+                      remote: str) -> dict:
+        """Only a member the tracker vouches for right now gets a byte."""
+        if self.ticket_key is None:
+            raise MbtError("this peer cannot check tickets yet (no tracker key)", "not_sharing")
+        if not ticket:
+            raise MbtError("a ticket from the tracker is required (get_ticket)", "bad_ticket")
+        payload = verify_ticket(ticket, self.ticket_key, self.reactor.seconds())
+        if payload["g"] != group or payload["h"] != file_hash:
+            raise MbtError("ticket is for another file or group", "bad_ticket")
+        if payload["u"] != user:
+            raise MbtError("ticket is for another user", "bad_ticket")
+        if payload["a"].rsplit(":", 1)[0] != remote.rsplit(":", 1)[0]:
+            raise MbtError("ticket was issued to another address", "bad_ticket")
+        return payload
+
+    @staticmethod
+    def ticket_expires(ticket: Optional[str]) -> Optional[float]:
+        """Expiry of a ticket that :meth:`open_servable` has just verified."""
+        return float(json.loads(base64.urlsafe_b64decode(ticket.split(".")[0] + "==="))["exp"])
+
+    @defer.inlineCallbacks
+    def get_ticket(self, group: str, file_hash: str):
+        """A ticket proving our membership to the peers we download from (cached)."""
+        cached = self._tickets.get((group, file_hash))
+        if cached is not None and cached[1] - self.reactor.seconds() > TICKET_REFRESH:
+            return cached[0]
+        result = yield self.tracker.request("get_ticket", group=group, file_hash=file_hash)
+        self._tickets[(group, file_hash)] = (result["ticket"], float(result["expires"]))
+        return result["ticket"]
 
     def register_servable(self, servable: Servable) -> None:
         """A download makes its verified pieces servable."""

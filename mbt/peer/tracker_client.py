@@ -16,7 +16,7 @@ from typing import Callable, List, Optional
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
-from mbt.errors import TrackerUnavailable
+from mbt.errors import MbtError, TrackerUnavailable
 from mbt.protocols.tracker import TrackerClientProtocol
 from mbt.tls import client_endpoint
 from mbt.trackerinfo import TrackerAddress
@@ -49,6 +49,7 @@ class TrackerClient:
         self._waiters: List[defer.Deferred] = []
         self._announced_loss = False
         self._ever_connected = False
+        self._move_on = False
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -145,9 +146,22 @@ class TrackerClient:
         if not self._announced_loss:
             self._announced_loss = True
             self.notify("lost connection to tracker %s; reconnecting" % self.current)
+        if self._move_on:
+            # That tracker could not answer from current state: try the next one.
+            self._move_on = False
+            self._index = (self._index + 1) % len(self.trackers)
+            self._retry = self.reactor.callLater(0, self._connect)
+            return
         # Retry the same tracker first (a quick restart), then move on.
         self._failures_in_row = 0
         self._retry = self.reactor.callLater(0.1, self._connect)
+
+    def _catching_up(self, proto: TrackerClientProtocol) -> None:
+        """The tracker says it is not current (restarting, electing): leave it."""
+        if proto is self.proto and len(self.trackers) > 1 and proto.transport is not None:
+            log.info("tracker {t} is catching up; moving to the next one", t=str(self.current))
+            self._move_on = True
+            proto.transport.loseConnection()
 
     # -- requests ------------------------------------------------------------
 
@@ -158,7 +172,20 @@ class TrackerClient:
         return self._with_timeout(self.proto, self.proto.request(op, **args))
 
     def request(self, op: str, **args) -> defer.Deferred:
-        """Send a request once a tracker is ready; fails with TrackerUnavailable on timeout."""
+        """Send a request once a tracker is ready; fails with TrackerUnavailable on timeout.
+
+        A ``catching_up`` answer means the request was not executed: it is sent
+        once more, to the next tracker.
+        """
+        d = self._request_once(op, args)
+
+        def retry(f):
+            if f.check(MbtError) and f.value.code == "catching_up" and len(self.trackers) > 1:
+                return self._request_once(op, args)
+            return f
+        return d.addErrback(retry)
+
+    def _request_once(self, op: str, args: dict) -> defer.Deferred:
         if self.ready and self.proto is not None:
             return self._with_timeout(self.proto, self.proto.request(op, **args))
         waiter = defer.Deferred()
@@ -180,6 +207,12 @@ class TrackerClient:
         return waiter
 
     def _with_timeout(self, proto, d: defer.Deferred) -> defer.Deferred:
+        def check(f):
+            if f.check(MbtError) and f.value.code == "catching_up":
+                self._catching_up(proto)
+            return f
+        d.addErrback(check)
+
         def expire():
             if not d.called:
                 log.warn("tracker did not answer within {s}s; reconnecting", s=self.request_timeout)

@@ -5,6 +5,10 @@ Reply:   ``{"id": 7, "ok": {...}}`` or ``{"id": 7, "error": {"code": "...", "mes
 
 Requests may be pipelined; replies carry the request's ``id`` and may come
 back in any order. See ``docs/protocol.rst`` for every operation.
+
+Other trackers connect to the same port: a connection whose first line is a
+sync hello is handed to the sync channel (:mod:`mbt.protocols.sync`) and never
+treated as a client.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from mbt.errors import MbtError, TrackerUnavailable
+from mbt.protocols.jsonlines import encode  # noqa: F401  (re-exported: the one line encoder)
+from mbt.protocols.sync import SYNC_MAX_LINE, is_sync_hello
 
 log = Logger(namespace="mbt.tracker.protocol")
 
@@ -28,14 +34,6 @@ MAX_LINE = 16 * 1024 * 1024
 MAX_IN_FLIGHT = 64
 #: Keys that never appear in logs.
 SECRET_KEYS = {"password", "token", "password_record", "ticket"}
-
-
-def encode(obj: dict) -> bytes:
-    """One protocol line (without the delimiter)."""
-    try:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:      # lone surrogates (e.g. an echoed id): escape them
-        return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
 def error_reply(req_id, code: str, message: str) -> dict:
@@ -54,26 +52,41 @@ class TrackerServerProtocol(LineOnlyReceiver):
         peer = self.transport.getPeer()
         self.conn = Connection("%s:%s" % (getattr(peer, "host", "?"), getattr(peer, "port", "?")))
         self.in_flight = 0
+        self.sync = None            # the sync channel, if another tracker opened this connection
+        self._first_line = True
         self.factory.connections.add(self)
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.connected = 0
         self.factory.connections.discard(self)
+        if self.sync is not None:
+            self.sync.connection_lost()
         self.factory.core.connection_lost(self.conn)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         log.warn("line over {max} bytes from {remote}; closing", max=self.MAX_LENGTH, remote=self.conn.remote)
-        self._send(error_reply(None, "line_too_long", "line longer than %d bytes" % self.MAX_LENGTH))
+        if self.sync is None:
+            self._send(error_reply(None, "line_too_long", "line longer than %d bytes" % self.MAX_LENGTH))
         self.transport.loseConnection()
 
     def lineReceived(self, line: bytes) -> None:
+        if self.sync is not None:
+            self.sync.line_received(line)
+            return
         line = line.rstrip(b"\r")
         if not line.strip():
             return
+        first, self._first_line = self._first_line, False
         try:
             req = json.loads(line)
         except (ValueError, UnicodeDecodeError, RecursionError):   # RecursionError: nested too deep
             self._send(error_reply(None, "bad_json", "a request is one JSON object per line"))
+            return
+        if first and self.factory.mesh is not None and is_sync_hello(req):
+            # Another tracker: from now on this connection is a sync channel.
+            self.factory.connections.discard(self)
+            self.MAX_LENGTH = SYNC_MAX_LINE
+            self.sync = self.factory.mesh.adopt(self.transport, self.sendLine, self.conn.remote, req)
             return
         if not isinstance(req, dict):
             self._send(error_reply(None, "bad_request", "a request must be a JSON object"))
@@ -120,8 +133,9 @@ class TrackerServerFactory(protocol.ServerFactory):
     protocol = TrackerServerProtocol
     noisy = False
 
-    def __init__(self, core) -> None:
+    def __init__(self, core, mesh=None) -> None:
         self.core = core
+        self.mesh = mesh            # accepts sync connections from other trackers (None: refuse)
         self.connections = set()
 
     def disconnect_all(self) -> None:

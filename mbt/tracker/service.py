@@ -2,7 +2,12 @@
 
 :class:`TrackerCore` turns one decoded request into a result (or a typed
 error): it checks the session, runs slow password hashing off the reactor
-thread, applies durable operations to the state and appends them to the store.
+thread, and hands durable operations to the replicator
+(:mod:`mbt.tracker.replication`), which gets them validated, sequenced and
+stored by every tracker before the request is answered. A lone tracker is its
+own leader, so there that is a synchronous apply-and-append. While the tracker
+is catching up with the others, requests wait (and finally fail with
+``catching_up``) instead of being answered from stale state.
 The protocol module only frames requests and replies; this module is where the
 tracker's behaviour lives.
 """
@@ -11,17 +16,19 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
-from mbt import passwords
+from mbt import passwords, tickets
 from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, TrackerUnavailable, check_file_name, check_id
-from mbt.manifest import Manifest
+from mbt.manifest import HASH_HEX_LEN, Manifest
+from mbt.tracker.oplog import OpLog
+from mbt.tracker.replication import Replicator, Timing
 from mbt.tracker.state import TrackerState
-from mbt.trackerinfo import parse_address
+from mbt.trackerinfo import TrackerAddress, parse_address
 
 log = Logger(namespace="mbt.tracker")
 
@@ -33,6 +40,7 @@ class Connection:
         self.remote = remote
         self.session_id: Optional[str] = None
         self.user: Optional[str] = None
+        self.address: Optional[str] = None
         self.token: Optional[str] = None
         self.closed = False
 
@@ -53,20 +61,39 @@ def _password(req: dict) -> str:
     return pw
 
 
+def _default_clock():
+    from twisted.internet import reactor
+    return reactor
+
+
 class TrackerCore:
-    """Executes tracker requests against the state and the store.
+    """Executes tracker requests against the state, through the replicator.
 
     ``run_in_thread`` runs blocking work (password hashing); tests pass a
-    synchronous stand-in.
+    synchronous stand-in. Without a ``replicator`` the core is a lone tracker
+    (its own leader) over ``store``. ``signing_key`` signs download tickets
+    (default: a random one, for tests and throwaway trackers).
     """
 
-    def __init__(self, state: TrackerState, store, run_in_thread: Callable = threads.deferToThread) -> None:
+    def __init__(self, state: TrackerState, store, run_in_thread: Callable = threads.deferToThread,
+                 replicator: Optional[Replicator] = None, signing_key=None, clock=None) -> None:
         self.state = state
         self.store = store
         self.run_in_thread = run_in_thread
+        self.clock = clock or _default_clock()
+        if replicator is None:
+            replicator = Replicator(1, [], state, OpLog(store), self.clock)
+            replicator.start()
+        self.replicator = replicator
+        self.presence = replicator.presence
+        self.signing_key = signing_key or tickets.signing_key_from_secret(secrets.token_bytes(32))
+        self._public_key = tickets.public_key_hex(self.signing_key)
         self._session_counter = 0
         self._handlers: Dict[str, tuple] = {
             "ping": (self.op_ping, False),
+            "state_digest": (self.op_state_digest, False),
+            "ticket_key": (self.op_ticket_key, True),
+            "get_ticket": (self.op_get_ticket, True),
             "create_user": (self.op_create_user, False),
             "login": (self.op_login, False),
             "logout": (self.op_logout, True),
@@ -81,6 +108,7 @@ class TrackerCore:
             "share_file": (self.op_share_file, True),
             "stop_share": (self.op_stop_share, True),
             "get_peers": (self.op_get_peers, True),
+            "tracker_status": (self.op_tracker_status, False),
         }
 
     @property
@@ -90,18 +118,28 @@ class TrackerCore:
 
     def load(self) -> int:
         """Rebuild the durable state from the store; return the number of operations."""
-        count = 0
-        for _seq, op in self.store.load():
-            try:
-                self.state.apply(op)
-            except MbtError as e:   # a logged op is always valid; say so loudly if not
-                log.error("stored operation {op!r} no longer applies: {err}", op=op, err=e.message)
-            count += 1
-        return count
+        def logged(op: dict, err: MbtError) -> None:
+            # A logged op is always valid; say so loudly if not (never the password record).
+            shown = {k: v for k, v in op.items() if k != "password_record"}
+            log.error("stored operation {op!r} no longer applies: {err}", op=shown, err=err.message)
+        return self.replicator.load(logged)
 
     def handle(self, conn: Connection, req: dict) -> defer.Deferred:
-        """Run one request; the Deferred fires with a result dict or fails with MbtError."""
+        """Run one request; the Deferred fires with a result dict or fails with MbtError.
+
+        While the tracker is catching up with the others the request waits;
+        it fails with ``catching_up`` if that takes too long.
+        """
         op = req.get("op")
+        if op == "tracker_status":
+            return defer.maybeDeferred(self.op_tracker_status, conn, req)   # answered even while catching up
+        gate = self.replicator.wait_serving()
+        if gate is None:
+            return self._run(op, conn, req)
+        # Held requests are released in arrival order, so their replies keep it too.
+        return gate.addCallback(lambda _: self._run(op, conn, req))
+
+    def _run(self, op: object, conn: Connection, req: dict) -> defer.Deferred:
         entry = self._handlers.get(op) if isinstance(op, str) else None
         if entry is None:
             return defer.fail(MbtError("unknown operation %r" % (op,), "unknown_op"))
@@ -114,19 +152,47 @@ class TrackerCore:
         """A dropped connection is a logged-out peer: it stops being a seeder."""
         conn.closed = True      # a login still checking its password must not open a session
         if conn.session_id is not None:
-            self.state.close_session(conn.session_id)
+            self._close_session(conn)
             log.info("session of {user} ended (connection lost)", user=conn.user)
-        conn.session_id = conn.user = conn.token = None
+        conn.session_id = conn.user = conn.token = conn.address = None
 
-    def _commit(self, op: dict) -> dict:
-        result = self.state.apply(op)
-        self.store.append(op)
-        return result
+    def _close_session(self, conn: Connection) -> None:
+        self.state.close_session(conn.session_id)
+        self.presence.closed(conn.session_id)
+
+    def _commit(self, op: dict) -> defer.Deferred:
+        """Get a durable operation applied by every tracker; fires with its result."""
+        return self.replicator.propose(op)
 
     # -- operations -----------------------------------------------------
 
     def op_ping(self, conn: Connection, req: dict) -> dict:
         return {}
+
+    def op_state_digest(self, conn: Connection, req: dict) -> dict:
+        """A hash of the durable state and the log position: equal on trackers in sync."""
+        return {"digest": self.state.digest(), "seq": self.replicator.oplog.head,
+                "tracker": self.replicator.number}
+
+    def op_tracker_status(self, conn: Connection, req: dict) -> dict:
+        """Role, leader, log position and links of this tracker (answered at any time)."""
+        return self.replicator.status()
+
+    def op_ticket_key(self, conn: Connection, req: dict) -> dict:
+        """The public key every tracker signs download tickets with."""
+        return {"public_key": self._public_key}
+
+    def op_get_ticket(self, conn: Connection, req: dict) -> dict:
+        """A signed ticket letting this session's peer fetch a file of a group it belongs to."""
+        group = check_id("group id", req.get("group"))
+        file_hash = req.get("file_hash")
+        if not (isinstance(file_hash, str) and len(file_hash) == HASH_HEX_LEN
+                and all(c in "0123456789abcdef" for c in file_hash)):
+            raise InvalidArgument("file_hash must be 64 lowercase hex digits")
+        self.state.file_by_hash(conn.user, group, file_hash)    # not_member / no_such_file
+        ticket, expires = tickets.make_ticket(self.signing_key, conn.user, group, file_hash,
+                                              conn.address, self.clock.seconds())
+        return {"ticket": ticket, "expires": expires}
 
     @defer.inlineCallbacks
     def op_create_user(self, conn: Connection, req: dict):
@@ -134,8 +200,11 @@ class TrackerCore:
         pw = _password(req)
         if self.state.password_record(user) is not None:
             raise MbtError("user %s already exists" % user, "user_exists")
+        # Hashed here, on the tracker the client talks to: the replicated
+        # operation carries only the record, never the password.
         record = yield self.run_in_thread(passwords.make_record, pw)
-        return self._commit({"op": "create_user", "user": user, "password_record": record})
+        result = yield self._commit({"op": "create_user", "user": user, "password_record": record})
+        return result
 
     @defer.inlineCallbacks
     def op_login(self, conn: Connection, req: dict):
@@ -159,14 +228,16 @@ class TrackerCore:
         self._session_counter += 1
         conn.session_id = "%d-%s" % (self._session_counter, secrets.token_hex(4))
         conn.user = user
+        conn.address = address
         conn.token = secrets.token_urlsafe(24)
-        self.state.open_session(conn.session_id, user, address)
+        session = self.state.open_session(conn.session_id, user, address)
+        self.presence.opened(session)
         return {"user": user, "token": conn.token}
 
     def op_logout(self, conn: Connection, req: dict) -> dict:
         user = conn.user
-        self.state.close_session(conn.session_id)
-        conn.session_id = conn.user = conn.token = None
+        self._close_session(conn)
+        conn.session_id = conn.user = conn.token = conn.address = None
         return {"user": user}
 
     def op_create_group(self, conn: Connection, req: dict) -> dict:
@@ -195,7 +266,7 @@ class TrackerCore:
     def op_list_files(self, conn: Connection, req: dict) -> dict:
         return {"files": self.state.list_files(conn.user, req.get("group"))}
 
-    def op_share_file(self, conn: Connection, req: dict) -> dict:
+    def op_share_file(self, conn: Connection, req: dict) -> defer.Deferred:
         group = check_id("group id", req.get("group"))
         manifest = Manifest.from_dict(req.get("manifest"))
         entry = self.state.files.get((group, manifest.name))
@@ -204,13 +275,20 @@ class TrackerCore:
                 and self.state.is_member(conn.user, group)):
             # Re-announcing (e.g. at login): nothing durable changes, log nothing.
             m = entry.manifest
-            result = {"group": group, "name": m.name, "size": m.size, "pieces": m.pieces,
-                      "sharers": len(entry.sharers)}
+            d = defer.succeed({"group": group, "name": m.name, "size": m.size, "pieces": m.pieces,
+                               "sharers": len(entry.sharers)})
         else:
-            result = self._commit({"op": "share_file", "user": conn.user, "group": group,
-                                   "manifest": manifest.to_dict()})
-        self.state.announce(conn.session_id, group, manifest.name)
-        return result
+            d = self._commit({"op": "share_file", "user": conn.user, "group": group,
+                              "manifest": manifest.to_dict()})
+        session_id = conn.session_id
+
+        def announce(result):
+            # The session may have ended while the write was replicated.
+            if session_id is not None and session_id == conn.session_id and session_id in self.state.sessions:
+                self.state.announce(session_id, group, manifest.name)
+                self.presence.announced(session_id, group, manifest.name)
+            return result
+        return d.addCallback(announce)
 
     def op_stop_share(self, conn: Connection, req: dict) -> dict:
         name = check_file_name(req.get("name"))
@@ -266,27 +344,43 @@ class StateDirLock:
 
 
 class TrackerService(service.Service):
-    """One tracker: loads its state, listens on its address, closes the store on stop."""
+    """One tracker: loads its state, links with the other trackers, listens on its address.
 
-    def __init__(self, endpoint: str, state_dir: str, reactor=None) -> None:
+    ``trackers`` is the parsed TRACKER_INFO and ``number`` this tracker's line
+    in it; without them the tracker is alone (it serves at once). ``secret``
+    authenticates the sync channel and seeds the ticket key (default: random,
+    which is only useful for a lone tracker).
+    """
+
+    def __init__(self, endpoint: str, state_dir: str, reactor=None,
+                 trackers: Optional[List[TrackerAddress]] = None, number: int = 1,
+                 secret: Optional[bytes] = None, timing: Optional[Timing] = None) -> None:
         from mbt.tracker.store import SQLiteStore
+        from mbt.protocols.sync import Mesh
         from mbt.protocols.tracker import TrackerServerFactory
+        if reactor is None:
+            from twisted.internet import reactor as _r
+            reactor = _r
+        self._reactor = reactor
+        self.number = number
         self.state_dir = ensure_state_dir(state_dir)
         self.lock = StateDirLock(self.state_dir)
         self.store = SQLiteStore(os.path.join(self.state_dir, "tracker.sqlite3"))
-        self.core = TrackerCore(TrackerState(), self.store)
+        secret = secret if secret is not None else secrets.token_bytes(32)
+        state = TrackerState()
+        others = [t.number for t in (trackers or []) if t.number != number]
+        self.replicator = Replicator(number, others, state, OpLog(self.store), reactor, timing)
+        self.core = TrackerCore(state, self.store, replicator=self.replicator,
+                                signing_key=tickets.signing_key_from_secret(secret), clock=reactor)
         self.loaded = self.core.load()
-        self.factory = TrackerServerFactory(self.core)
+        self.mesh = Mesh(number, secret, self.replicator, reactor, trackers)
+        self.factory = TrackerServerFactory(self.core, self.mesh)
         self.endpoint = endpoint
-        self._reactor = reactor
         self.port = None
 
     def startService(self) -> None:
         service.Service.startService(self)
         from twisted.internet import endpoints
-        if self._reactor is None:
-            from twisted.internet import reactor as _r
-            self._reactor = _r
         ep = endpoints.serverFromString(self._reactor, self.endpoint)
         d = ep.listen(self.factory)
 
@@ -295,6 +389,9 @@ class TrackerService(service.Service):
             addr = port.getHost()
             log.info("tracker listening on {host}:{port}; state in {dir} ({n} operations loaded)",
                      host=addr.host, port=addr.port, dir=self.state_dir, n=self.loaded)
+            # Listen first (other trackers reach us on this port), then look for them.
+            self.replicator.start()
+            self.mesh.start()
             return port
         d.addCallback(listening)
         self.listening = d
@@ -304,6 +401,8 @@ class TrackerService(service.Service):
         d = defer.maybeDeferred(self.port.stopListening) if self.port is not None else defer.succeed(None)
 
         def close(_):
+            self.mesh.stop()
+            self.replicator.stop()
             self.factory.disconnect_all()
             self.store.close()
             self.lock.release()

@@ -9,7 +9,9 @@ and replication between trackers rely on.
 
 Presence (who is logged in right now, from which peer address, announcing which
 files) is not durable: it lives in :class:`Session` objects that disappear when
-their connection does.
+their connection does. With several trackers, sessions held by another tracker
+are mirrored here too (``origin`` is that tracker's number; see
+:mod:`mbt.tracker.presence`), so queries list peers whichever tracker they use.
 
 Rules worth knowing:
 
@@ -62,6 +64,7 @@ class Session:
     user: str
     address: str
     shares: Set[Tuple[str, str]] = field(default_factory=set)  # (group, name)
+    origin: int = 0     # 0: a connection to this tracker; else the tracker that holds it
 
 
 class TrackerState:
@@ -87,6 +90,12 @@ class TrackerState:
         if handler is None:
             raise _err("unknown_op", "unknown operation %r" % (name,))
         return handler(op)
+
+    def reset_durable(self) -> None:
+        """Forget accounts, groups and files (sessions stay): before replaying a log."""
+        self.users.clear()
+        self.groups.clear()
+        self.files.clear()
 
     def _op_create_user(self, op: dict) -> dict:
         user = check_id("user id", op.get("user"))
@@ -263,9 +272,23 @@ class TrackerState:
         if entry is None:
             raise _err("no_such_file", "no file %s in group %s; list_files %s shows them"
                        % (name, g.group_id, g.group_id))
+        asker = self.sessions.get(exclude_session)
+        # The asker's own peer is never listed, also not under an older session of
+        # it that another tracker still mirrors (it reconnected after a failover).
+        own = asker.address if asker is not None else None
         peers = [{"user": s.user, "address": s.address}
-                 for s in self._online_sharers((g.group_id, name)) if s.session_id != exclude_session]
+                 for s in self._online_sharers((g.group_id, name))
+                 if s.session_id != exclude_session and s.address != own]
         return {"manifest": entry.manifest.to_dict(), "peers": peers}
+
+    def file_by_hash(self, user: str, group: object, file_hash: object) -> dict:
+        """The manifest of the file with ``file_hash`` in a group (members only)."""
+        g = self._member_group(self._known_user(user), group)
+        for (gid, _name), entry in sorted(self.files.items()):
+            if gid == g.group_id and entry.manifest.file_hash == file_hash:
+                return entry.manifest.to_dict()
+        raise _err("no_such_file", "no file with hash %s in group %s; list_files %s shows them"
+                   % (str(file_hash)[:64], g.group_id, g.group_id))
 
     def is_member(self, user: str, group: str) -> bool:
         """Is ``user`` a member of ``group`` right now?"""
@@ -308,6 +331,43 @@ class TrackerState:
         s = self.sessions.get(session_id)
         if s is not None:
             s.shares.discard((group, name))
+
+    # Sessions held by other trackers. They are not checked against accounts or
+    # registrations here: the tracker holding them did that, and this tracker
+    # may not have applied the same operations yet (queries filter anyway).
+
+    @staticmethod
+    def remote_session_id(origin: int, session_id: str) -> str:
+        """The key under which tracker ``origin``'s session ``session_id`` is kept."""
+        return "%d/%s" % (origin, session_id)
+
+    def put_remote_session(self, origin: int, session_id: str, user: str, address: str,
+                           shares=()) -> Session:
+        """Mirror (or replace) a session held by tracker ``origin``."""
+        key = self.remote_session_id(origin, session_id)
+        s = self.sessions[key] = Session(key, user, address, set(shares), origin)
+        return s
+
+    def remote_announce(self, origin: int, session_id: str, group: str, name: str, on: bool) -> None:
+        """Tracker ``origin``'s session announced (``on``) or withdrew a file."""
+        s = self.sessions.get(self.remote_session_id(origin, session_id))
+        if s is not None:
+            (s.shares.add if on else s.shares.discard)((group, name))
+
+    def drop_remote_session(self, origin: int, session_id: str) -> None:
+        """Tracker ``origin``'s session ended."""
+        self.sessions.pop(self.remote_session_id(origin, session_id), None)
+
+    def drop_remote_sessions(self, origin: int) -> int:
+        """Forget every session held by tracker ``origin``; return how many."""
+        keys = [k for k, s in self.sessions.items() if s.origin == origin]
+        for k in keys:
+            del self.sessions[k]
+        return len(keys)
+
+    def local_sessions(self) -> List[Session]:
+        """Sessions of connections to this tracker."""
+        return [s for s in self.sessions.values() if s.origin == 0]
 
     # ------------------------------------------------------------------
 

@@ -1,0 +1,348 @@
+"""``make bench-compare``: mbt and libtorrent on the same job, back to back, in one run.
+
+The job: one leecher downloads one file (1 GiB of random bytes by default)
+from 4 local seeders, to disk, on 127.0.0.1. Both systems get the same file,
+the same disk and the same machine, and their runs alternate (mbt, libtorrent,
+mbt, ...) so that the noise of a shared VM hits both alike. Each figure is the
+median of ``--runs`` runs.
+
+* **mbt**: ``swarm.leech_once`` -- a fresh ``mbt-client`` logs in, then
+  ``download_file`` is sent and ``show_downloads`` polled every 20 ms until
+  ``[C]``; end to end = between the two.
+* **libtorrent 2.0** (Debian's ``python3-libtorrent``, run by ``lt_job.py``
+  under ``/usr/bin/python3``) with ``high_performance_seed()`` on the seeders
+  and the leecher -- the anchors' ``bt-hp`` configuration, ~480 MB/s when it was
+  measured. Four persistent seeders; a fresh leecher process per run; end to
+  end = adding the torrent -> ``torrent_finished_alert`` (every piece checked).
+  Peers come from a local ``opentracker`` when it is installed, as in the
+  anchors: with ``connect_peer()`` alone, libtorrent dials only at its next
+  0.5 s session tick, which would hand mbt 0.5 s per run (``--lt-peers
+  direct`` shows that variant).
+
+Printed for both: end-to-end MB/s (10^6 bytes/s), leecher CPU seconds during
+the download (user+sys, all threads), leecher peak RSS (``VmHWM``; for
+libtorrent this counts its mmap-ed download file, so its anonymous memory is
+shown too), seeders' CPU seconds per GB delivered, and the ratios mbt /
+libtorrent. Every download is compared with the source (``cmp``) after the
+timed part.
+
+If libtorrent or mktorrent is not installed (``make bench-compare`` tries
+``apt-get install`` first), the libtorrent half is skipped with a message and
+mbt's figures are still printed (exit status 0).
+
+Data files live in ``--work`` (default ``$MBT_BENCH_DIR`` or /tmp/mbt-bench).
+Nothing is downloaded from outside this machine; all traffic is on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from swarm import MB, MiB, Swarm, files_equal, leech_once, machine_busy, make_data, settle, summarize  # noqa: E402
+
+from mbt.driver import free_port, wait_port  # noqa: E402
+
+#: Debian's Python: the only interpreter here with the libtorrent bindings.
+LT_PY = "/usr/bin/python3"
+LT_JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lt_job.py")
+#: 2**19 = 512 KiB pieces, the size mbt uses.
+PIECE_EXP = "19"
+
+
+def libtorrent_missing() -> Optional[str]:
+    """Why the libtorrent half cannot run here, or None if it can."""
+    if not os.path.exists(LT_PY):
+        return "%s not found" % LT_PY
+    if subprocess.run([LT_PY, "-c", "import libtorrent"], stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL).returncode != 0:
+        return "%s cannot import libtorrent (package python3-libtorrent)" % LT_PY
+    if shutil.which("mktorrent") is None:
+        return "mktorrent is not installed (package mktorrent)"
+    return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+sys CPU seconds of a live process (all its threads)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Child:
+    """A background process in its own process group, stopped for sure by ``stop()``."""
+
+    def __init__(self, argv: List[str], log: str, stdout_pipe: bool = False) -> None:
+        self.log = open(log, "ab")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE if stdout_pipe else self.log,
+                                     stderr=self.log, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> None:
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            if self.proc.poll() is not None:
+                break
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                pass
+        self.log.close()
+
+
+class LtSwarm:
+    """``seeders`` persistent libtorrent seeders of ``data``, optionally behind an opentracker."""
+
+    def __init__(self, work: str, data: str, seeders: int, high_perf: bool, use_tracker: bool) -> None:
+        self.work = work
+        self.data = data
+        self.high_perf = high_perf
+        self.use_tracker = use_tracker
+        self.children: List[Child] = []
+        self.seeder_pids: List[int] = []
+        self.ports: List[int] = []
+        try:
+            self._start(seeders)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, seeders: int) -> None:
+        tracker_port = free_port()
+        # The announce URL is written into the torrent, so a new torrent per set-up.
+        self.torrent = os.path.join(self.work, os.path.basename(self.data) + ".torrent")
+        if os.path.exists(self.torrent):
+            os.unlink(self.torrent)
+        subprocess.run(["mktorrent", "-l", PIECE_EXP, "-a", "http://127.0.0.1:%d/announce" % tracker_port,
+                        "-o", self.torrent, self.data], check=True, stdout=subprocess.DEVNULL)
+        if self.use_tracker:
+            self._start_opentracker(tracker_port)
+        for i in range(seeders):
+            port = free_port()
+            argv = [LT_PY, LT_JOB, "seed", self.torrent, "--port", str(port),
+                    "--save", os.path.dirname(os.path.abspath(self.data))] + self._flags()
+            c = Child(argv, os.path.join(self.work, "seed%d.log" % i), stdout_pipe=True)
+            self.children.append(c)
+            self.seeder_pids.append(c.proc.pid)
+            self.ports.append(port)
+        # Each seeder checks every piece of its copy before it says READY.
+        deadline = time.monotonic() + 300
+        for c in self.children[-seeders:]:
+            line = self._readline(c.proc, deadline)
+            if not line.startswith("READY"):
+                raise RuntimeError("libtorrent seeder did not start: %r (see %s)" % (line, c.log.name))
+
+    def _flags(self) -> List[str]:
+        return (["--high-perf"] if self.high_perf else []) + (["--tracker"] if self.use_tracker else [])
+
+    @staticmethod
+    def _readline(proc: subprocess.Popen, deadline: float) -> str:
+        buf = b""
+        fd = proc.stdout.fileno()
+        while not buf.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return buf.decode() + " (timeout)"
+            chunk = os.read(fd, 1)
+            if not chunk:
+                break
+            buf += chunk
+        return buf.decode().strip()
+
+    def _start_opentracker(self, port: int) -> None:
+        """opentracker as the anchors ran it (Debian builds it in whitelist mode)."""
+        d = os.path.join(self.work, "opentracker")
+        os.makedirs(d, exist_ok=True)
+        info_hash = subprocess.run(
+            [LT_PY, "-c", "import libtorrent as lt, sys; print(lt.torrent_info(sys.argv[1]).info_hashes().v1)",
+             self.torrent], check=True, capture_output=True, text=True).stdout.strip()
+        with open(os.path.join(d, "whitelist.txt"), "w") as f:
+            f.write(info_hash + "\n")
+        # opentracker chroots into -d, so the whitelist is named relative to that root.
+        with open(os.path.join(d, "ot.conf"), "w") as f:
+            f.write("access.whitelist /whitelist.txt\n")
+        c = Child(["opentracker", "-i", "127.0.0.1", "-p", str(port), "-P", str(port), "-d", d,
+                   "-u", "nobody", "-f", os.path.join(d, "ot.conf")], os.path.join(self.work, "opentracker.log"))
+        self.children.append(c)
+        wait_port(port, 20, c.proc)
+
+    def leech_once(self) -> Dict:
+        """One download by a fresh libtorrent leecher process."""
+        dl = os.path.join(self.work, "dl")
+        shutil.rmtree(dl, ignore_errors=True)
+        os.makedirs(dl)
+        js = os.path.join(self.work, "leech.json")
+        # A fresh listen port per run: seeders remember earlier leechers' host:port
+        # and would dial in to a later one (see the anchors' README, point 8).
+        argv = [LT_PY, LT_JOB, "leech", self.torrent, "--port", str(free_port()), "--save", dl,
+                "--json", js] + self._flags()
+        if not self.use_tracker:
+            argv += ["--peers", ",".join("127.0.0.1:%d" % p for p in self.ports)]
+        seeder_cpu0 = sum(cpu_seconds(p) for p in self.seeder_pids)
+        busy0 = machine_busy()
+        with open(os.path.join(self.work, "leech.log"), "ab") as log:
+            rc = subprocess.run(argv, stdout=log, stderr=log, timeout=660).returncode
+        busy = machine_busy() - busy0
+        seeder_cpu = sum(cpu_seconds(p) for p in self.seeder_pids) - seeder_cpu0
+        with open(js) as f:
+            j = json.load(f)
+        if rc != 0 or not j["ok"]:
+            raise RuntimeError("libtorrent leecher failed (rc %d): %s" % (rc, j.get("errors")))
+        ok = files_equal(os.path.join(dl, os.path.basename(self.data)), self.data)
+        shutil.rmtree(dl, ignore_errors=True)
+        settle()
+        size = j["size"]
+        return {"seconds": j["add_to_finished_s"], "mbps": size / j["add_to_finished_s"] / MB,
+                "mbps_from_process_start": size / j["start_to_finished_s"] / MB,
+                "first_payload_s": j["add_to_first_payload_s"],
+                "cpu": j["cpu_download_s"], "rss": j["vm_hwm_kb"] / 1024.0,
+                "rss_anon": j["peak_rss_anon_kb"] / 1024.0, "seeder_cpu": seeder_cpu, "verified": ok,
+                # The leecher's whole process life here (start-up and exit included): a rough figure.
+                "other_cpu": busy - j["cpu_at_finish_s"] - seeder_cpu}
+
+    def stop(self) -> None:
+        for c in reversed(self.children):
+            c.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default=os.environ.get("MBT_BENCH_DIR", "/tmp/mbt-bench"))
+    ap.add_argument("--runs", type=int, default=3, help="runs of each system (median reported; default 3)")
+    ap.add_argument("--size-mib", type=int, default=1024, help="file size in MiB (default 1024)")
+    ap.add_argument("--seeders", type=int, default=4)
+    ap.add_argument("--lt-peers", choices=["auto", "tracker", "direct"], default="auto",
+                    help="how the libtorrent leecher finds its seeders: a local opentracker "
+                         "(auto: if installed) or connect_peer() (direct)")
+    ap.add_argument("--lt-default-settings", action="store_true",
+                    help="libtorrent without high_performance_seed() (the anchors' plain bt suite)")
+    ap.add_argument("--skip-libtorrent", action="store_true")
+    ap.add_argument("--json", help="also write every figure here")
+    args = ap.parse_args()
+    if args.runs < 1 or args.runs > 20:
+        ap.error("--runs must be 1-20")
+
+    os.makedirs(args.work, exist_ok=True)
+    size = args.size_mib * MiB
+    # Same names as run.py, so the 1 GiB file is generated once for both.
+    label = "1 GiB" if args.size_mib == 1024 else "%d MiB" % args.size_mib
+    data = os.path.join(args.work, "data-%s.bin" % label.replace(" ", ""))
+    print("bench-compare %s: one leecher downloads a %s file from %d seeders, to disk; %d runs each, alternating"
+          % (datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), label, args.seeders, args.runs), flush=True)
+    print("  machine: %d CPUs, load average %.2f; work dir %s (%s free)"
+          % (os.cpu_count(), os.getloadavg()[0], args.work, _free(args.work)), flush=True)
+    print("  ('other CPU' of a run: the machine's busy CPU during it, less the leecher's and the seeders': "
+          "tracker, this driver, kernel, other users of the machine)", flush=True)
+    make_data(data, size)
+
+    why = "skipped by --skip-libtorrent" if args.skip_libtorrent else libtorrent_missing()
+    use_tracker = False
+    if why is None:
+        have_ot = shutil.which("opentracker") is not None
+        if args.lt_peers == "tracker" and not have_ot:
+            why = "opentracker is not installed (package opentracker)"
+        use_tracker = args.lt_peers == "tracker" or (args.lt_peers == "auto" and have_ot)
+    lt_name = "libtorrent%s (%s)" % ("" if args.lt_default_settings else " high_performance_seed",
+                                     "via opentracker" if use_tracker else "connect_peer")
+    if why:
+        print("  libtorrent half SKIPPED: %s. Install with: apt-get install -y python3-libtorrent mktorrent "
+              "opentracker time" % why, flush=True)
+
+    mbt_dir = os.path.join(args.work, "compare-mbt")
+    lt_dir = os.path.join(args.work, "compare-lt")
+    for d in (mbt_dir, lt_dir):
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+
+    swarm = lt = None
+    mbt_runs: List[Dict] = []
+    lt_runs: List[Dict] = []
+    try:
+        t0 = time.monotonic()
+        swarm = Swarm(mbt_dir, data, args.seeders)
+        print("  mbt: tracker + %d seeders up in %.1f s (upload_file hashed %s in %.2f s = %.0f MB/s)"
+              % (args.seeders, time.monotonic() - t0, label, swarm.hash_seconds, size / swarm.hash_seconds / MB),
+              flush=True)
+        if not why:
+            t0 = time.monotonic()
+            lt = LtSwarm(lt_dir, data, args.seeders, high_perf=not args.lt_default_settings,
+                         use_tracker=use_tracker)
+            print("  libtorrent: %d seeders up (full check of the file) in %.1f s" % (args.seeders,
+                                                                                    time.monotonic() - t0),
+                  flush=True)
+        for i in range(args.runs):
+            r = leech_once(swarm)
+            mbt_runs.append(r)
+            print("  run %d  mbt         %6.0f MB/s  %5.2f s  leecher CPU %5.2f s  RSS %5.0f MiB  "
+                  "seeders CPU %5.2f s  other CPU %5.2f s  verified=%s"
+                  % (i + 1, r["mbps"], r["seconds"], r["cpu"], r["rss"], r["seeder_cpu"], r["other_cpu"],
+                     r["verified"]), flush=True)
+            if lt is not None:
+                r = lt.leech_once()
+                lt_runs.append(r)
+                print("  run %d  libtorrent  %6.0f MB/s  %5.2f s  leecher CPU %5.2f s  RSS %5.0f MiB "
+                      "(anon %4.0f)  seeders CPU %5.2f s  other CPU %5.2f s  verified=%s"
+                      % (i + 1, r["mbps"], r["seconds"], r["cpu"], r["rss"], r["rss_anon"], r["seeder_cpu"],
+                         r["other_cpu"], r["verified"]), flush=True)
+    finally:
+        if swarm is not None:
+            swarm.stop()
+        if lt is not None:
+            lt.stop()
+
+    m = summarize(mbt_runs, size)
+    out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "size": size, "mbt": m}
+    rows = [("mbt", m, None)]
+    if lt_runs:
+        l_ = summarize(lt_runs, size)
+        l_["rss_anon"] = statistics.median(r["rss_anon"] for r in lt_runs)
+        l_["mbps_from_process_start"] = statistics.median(r["mbps_from_process_start"] for r in lt_runs)
+        out["libtorrent"] = l_
+        rows.append((lt_name, l_, "anon %.0f" % l_["rss_anon"]))
+
+    print("\n%s, %d seeders -> 1 leecher, to disk; medians of %d runs" % (label, args.seeders, args.runs))
+    print("%-50s %10s %14s %22s %16s %9s" % ("", "MB/s e2e", "leecher CPU s", "leecher peak RSS MiB",
+                                              "seeder CPU s/GB", "verified"))
+    for name, r, note in rows:
+        rss = "%.0f" % r["rss"] + (" (%s)" % note if note else "")
+        print("%-50s %10.0f %14.2f %22s %16.2f %9s" % (name, r["mbps"], r["cpu"], rss, r["seeder_cpu_per_gb"],
+                                                      r["verified"]))
+        print("%-50s %10s" % ("  runs", ", ".join("%.0f" % x["mbps"] for x in r["runs"])))
+    if lt_runs:
+        ratio = m["mbps"] / l_["mbps"]
+        out["ratio"] = {"mbps": ratio, "leecher_cpu": m["cpu"] / l_["cpu"],
+                        "seeder_cpu_per_gb": m["seeder_cpu_per_gb"] / l_["seeder_cpu_per_gb"]}
+        print("ratio mbt / libtorrent: speed %.2f (target >= 1.2), leecher CPU %.2f, seeder CPU per GB %.2f "
+              "(target <= 1)" % (ratio, out["ratio"]["leecher_cpu"], out["ratio"]["seeder_cpu_per_gb"]))
+        print("(libtorrent from process start, as the anchors' 'done' column: %.0f MB/s)"
+              % l_["mbps_from_process_start"])
+    else:
+        print("libtorrent: skipped (%s); no ratio" % why)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    ok = m["verified"] and (not lt_runs or out["libtorrent"]["verified"])
+    return 0 if ok else 1
+
+
+def _free(path: str) -> str:
+    st = os.statvfs(path)
+    return "%.0f GiB" % (st.f_bavail * st.f_frsize / 2 ** 30)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
