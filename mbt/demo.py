@@ -173,7 +173,10 @@ def main() -> int:
     finally:
         for p in reversed(procs):
             p.stop(5)
-        shutil.rmtree(work, ignore_errors=True)
+        if os.environ.get("MBT_DEMO_KEEP"):
+            say("kept %s" % work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return 0 if ok else 1
 
 

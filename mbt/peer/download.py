@@ -178,7 +178,7 @@ class Download:
         if self.status == "F":
             return "%s  %s" % (head, self.reason)
         peers = sum(1 for c in self.conns.values() if c.ready)
-        line = "%s  %d%% %s %d peer%s" % (head, int(self.percent()), _rate(self.rate), peers,
+        line = "%s  %d%% %s %d peer%s" % (head, int(self.percent()), _rate(self.current_rate()), peers,
                                          "" if peers == 1 else "s")
         if not self.running:
             line += "  (paused until login)"
@@ -408,6 +408,7 @@ class Download:
                 and offset + length <= self.manifest.piece_length(index))
 
     def peer_ready(self, conn: PeerClientProtocol, have: Set[int]) -> None:
+        self.note = ""
         self.picker.add_peer(conn, have)
         self._fill(conn)
 
@@ -586,6 +587,15 @@ class Download:
         self.node.download_ended(self)
 
     # -- bookkeeping ---------------------------------------------------------
+
+    def current_rate(self) -> float:
+        """Bytes/s over the last few seconds, counting what arrived since the last tick."""
+        now = self.now()
+        window = [(t, b) for t, b in self._rate_window if now - t <= 5.0]
+        if not window:
+            return self.rate
+        span = max(1.0, now - window[0][0])
+        return (sum(b for _, b in window[1:]) + self._rate_bytes) / span
 
     def _update_rate(self, now: float) -> None:
         self._rate_window.append((now, self._rate_bytes))
