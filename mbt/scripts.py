@@ -44,6 +44,8 @@ def tracker_main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("info", metavar="TRACKER_INFO", help="file listing every tracker, IP:PORT per line")
     ap.add_argument("no", metavar="N", type=int, help="which tracker this is (1-based line)")
     ap.add_argument("--state-dir", help="database directory (default ~/.local/share/mbt/tracker-N)")
+    from mbt.peer.runner import add_tls_arguments
+    add_tls_arguments(ap)
     ap.add_argument("--secret-file", help="the trackers' shared secret (default: .mbt-tracker-secret"
                     " next to TRACKER_INFO, created if missing)")
     ap.add_argument("--log-file", help="write the log here instead of stderr")
@@ -51,7 +53,8 @@ def tracker_main(argv: Optional[List[str]] = None) -> int:
 
     from mbt.tap import build_tracker, resolve_tracker
     config = {"info": args.info, "no": args.no, "state-dir": args.state_dir,
-              "secret-file": args.secret_file}
+              "secret-file": args.secret_file, "tls-cert": args.tls_cert, "tls-key": args.tls_key,
+              "tls-ca": args.tls_ca}
     try:
         resolve_tracker(config)
         svc = build_tracker(config)

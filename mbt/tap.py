@@ -25,6 +25,9 @@ class TrackerOptions(usage.Options):
          "(default ~/.local/share/mbt/tracker-N)"],
         ["secret-file", None, None, "the trackers' shared secret (default: .mbt-tracker-secret "
          "next to the info file, created if missing)"],
+        ["tls-cert", None, None, "this tracker's certificate (PEM); turns TLS on with the two below"],
+        ["tls-key", None, None, "its private key (PEM)"],
+        ["tls-ca", None, None, "CA certificate other trackers must chain to (PEM)"],
     ]
 
     def postOptions(self) -> None:
@@ -48,6 +51,8 @@ def resolve_tracker(config) -> None:
     me = select_tracker(trackers, config["no"], config["info"])
     config["address"] = me
     config["trackers"] = trackers
+    from mbt.tls import TLSConfig
+    config["tls"] = TLSConfig(config.get("tls-cert"), config.get("tls-key"), config.get("tls-ca")).check()
     if not config.get("state-dir"):
         config["state-dir"] = default_state_dir("tracker-%d" % config["no"])
 
@@ -63,8 +68,15 @@ def build_tracker(config):
     secret_file = config.get("secret-file")
     secret = load_or_create_secret(secret_file or default_secret_path(config["info"]),
                                    create=not secret_file)
-    return TrackerService(tracker_endpoint(me.host, me.port), config["state-dir"],
-                          trackers=config["trackers"], number=config["no"], secret=secret)
+    tls = config.get("tls")
+    if tls is not None and tls.enabled:
+        from twisted.internet import reactor
+        from mbt.tls import server_endpoint
+        endpoint = server_endpoint(reactor, me.host, me.port, tls)
+    else:
+        endpoint = tracker_endpoint(me.host, me.port)
+    return TrackerService(endpoint, config["state-dir"], trackers=config["trackers"],
+                          number=config["no"], secret=secret, tls=tls)
 
 
 def makeTrackerService(config) -> service.IService:

@@ -10,6 +10,7 @@ address's: one attacker may own one account). Time is passed in.
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional, Tuple
 
 USER_FREE, ADDRESS_FREE = 5, 20
@@ -29,7 +30,8 @@ class LoginThrottle:
 
     def _current(self, key: str, now: float) -> Tuple[float, float]:
         strikes, last = self._strikes.get(key, (0.0, now))
-        return max(0.0, strikes - (now - last) / self.decay), last
+        # Whole strikes decay, one per ``decay`` seconds since the last failure.
+        return max(0.0, strikes - math.floor((now - last) / self.decay)), last
 
     def _wait(self, key: str, free: int, now: float) -> float:
         strikes, last = self._current(key, now)

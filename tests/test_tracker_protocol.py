@@ -602,3 +602,12 @@ def test_client_drops_a_tracker_that_sends_garbage():
     out = []
     d.addBoth(out.append)
     assert out[0].check(TrackerUnavailable)
+
+
+def test_brute_force_logins_are_throttled_with_one_clear_error(tracker):
+    c = tracker.connect()
+    c.call("create_user", user="vic", password="right")
+    for i in range(5):
+        c.error("bad_credentials", "login", user="vic", password="wrong%d" % i, address="127.0.0.1:7000")
+    err = c.error("rate_limited", "login", user="vic", password="right", address="127.0.0.1:7000")
+    assert err.message.startswith("too many failed logins; try again in ")

@@ -29,10 +29,11 @@ import json
 import secrets
 from typing import Callable, Dict, List, Optional
 
-from twisted.internet import endpoints, protocol
+from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
+from mbt.tls import client_endpoint
 from mbt.protocols.jsonlines import encode
 from mbt.trackerinfo import TrackerAddress
 
@@ -322,7 +323,7 @@ class _Dialer:
         if self.target.number in self.mesh.channels:
             self._schedule(1.0)         # linked: just look again later
             return
-        ep = endpoints.TCP4ClientEndpoint(self.mesh.clock, self.target.host, self.target.port, timeout=3)
+        ep = client_endpoint(self.mesh.clock, self.target.host, self.target.port, self.mesh.tls, timeout=3)
         self.attempt = ep.connect(_QuietFactory(SyncClientProtocol(self.mesh, self.target)))
         self.attempt.addCallbacks(self._connected, self._failed)
 
@@ -341,8 +342,9 @@ class Mesh:
     """The links of one tracker to the others: dialing, accepting, one link per tracker."""
 
     def __init__(self, number: int, secret: bytes, replicator, clock,
-                 trackers: Optional[List[TrackerAddress]] = None) -> None:
+                 trackers: Optional[List[TrackerAddress]] = None, tls=None) -> None:
         self.number = number
+        self.tls = tls            # links to other trackers use TLS when we do
         self.secret = secret
         self.replicator = replicator
         self.clock = clock

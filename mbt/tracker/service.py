@@ -23,6 +23,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from mbt import passwords, tickets
+from mbt.throttle import LoginThrottle
 from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, TrackerUnavailable, check_file_name, check_id
 from mbt.manifest import HASH_HEX_LEN, Manifest
 from mbt.tracker.oplog import OpLog
@@ -87,6 +88,7 @@ class TrackerCore:
         self.replicator = replicator
         self.presence = replicator.presence
         self.signing_key = signing_key or tickets.signing_key_from_secret(secrets.token_bytes(32))
+        self.login_throttle = LoginThrottle()
         self._public_key = tickets.public_key_hex(self.signing_key)
         self._session_counter = 0
         self._handlers: Dict[str, tuple] = {
@@ -217,10 +219,16 @@ class TrackerCore:
             raise InvalidArgument("bad peer address %r: %s" % (address, e))
         if conn.user is not None:
             raise MbtError("already logged in as %s; logout first" % conn.user, "already_logged_in")
+        client_host = conn.remote.rsplit(":", 1)[0]
+        wait = self.login_throttle.retry_after(user, client_host, self.clock.seconds())
+        if wait is not None:
+            raise MbtError("too many failed logins; try again in %d s" % (int(wait) + 1), "rate_limited")
         ok = yield self.run_in_thread(passwords.verify, self.state.password_record(user), pw)
         if not ok:
+            self.login_throttle.failed(user, client_host, self.clock.seconds())
             # One message for a missing user and a wrong password: no user enumeration.
             raise MbtError("wrong user id or password", "bad_credentials")
+        self.login_throttle.succeeded(user)
         if conn.user is not None:   # a racing second login on the same connection
             raise MbtError("already logged in as %s; logout first" % conn.user, "already_logged_in")
         if conn.closed:             # the peer hung up while its password was checked
@@ -354,7 +362,7 @@ class TrackerService(service.Service):
 
     def __init__(self, endpoint: str, state_dir: str, reactor=None,
                  trackers: Optional[List[TrackerAddress]] = None, number: int = 1,
-                 secret: Optional[bytes] = None, timing: Optional[Timing] = None) -> None:
+                 secret: Optional[bytes] = None, timing: Optional[Timing] = None, tls=None) -> None:
         from mbt.tracker.store import SQLiteStore
         from mbt.protocols.sync import Mesh
         from mbt.protocols.tracker import TrackerServerFactory
@@ -373,7 +381,7 @@ class TrackerService(service.Service):
         self.core = TrackerCore(state, self.store, replicator=self.replicator,
                                 signing_key=tickets.signing_key_from_secret(secret), clock=reactor)
         self.loaded = self.core.load()
-        self.mesh = Mesh(number, secret, self.replicator, reactor, trackers)
+        self.mesh = Mesh(number, secret, self.replicator, reactor, trackers, tls=tls)
         self.factory = TrackerServerFactory(self.core, self.mesh)
         self.endpoint = endpoint
         self.port = None
@@ -381,7 +389,9 @@ class TrackerService(service.Service):
     def startService(self) -> None:
         service.Service.startService(self)
         from twisted.internet import endpoints
-        ep = endpoints.serverFromString(self._reactor, self.endpoint)
+        # A string (tests, plain TCP) or a ready endpoint (TLS, from mbt.tls).
+        ep = (endpoints.serverFromString(self._reactor, self.endpoint)
+              if isinstance(self.endpoint, str) else self.endpoint)
         d = ep.listen(self.factory)
 
         def listening(port):
