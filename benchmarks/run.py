@@ -61,7 +61,10 @@ def one_to_eight(work: str, data: str, runs: int, upload_rate: str) -> dict:
     rate = parse_rate(upload_rate)
     rs = [one_seeder_many_leechers(fresh(work, "1to8"), data, 8, upload_rate=upload_rate if rate else None)
           for _ in range(runs)]
-    out = {"runs": [r["total_seconds"] for r in rs], "total_seconds": statistics.median(r["total_seconds"] for r in rs),
+    med = sorted(rs, key=lambda r: r["total_seconds"])[len(rs) // 2]
+    out = {"runs": [r["total_seconds"] for r in rs], "total_seconds": med["total_seconds"],
+           "finish_times": sorted(med["times"]),       # every leecher of the median run
+           "seeder_upload": med.get("seeder_upload"), "leecher_upload": med.get("leecher_upload"),
            "first_seconds": statistics.median(min(r["times"]) for r in rs),
            "verified": all(r["verified"] for r in rs)}
     if rate:
@@ -94,7 +97,7 @@ def main() -> int:
     ap.add_argument("--big", action="store_true", help="memory: also a 4 GiB download (needs ~9 GiB of disk)")
     ap.add_argument("--only", nargs="+", choices=["hash", "4to1", "memory", "1to8", "tracker"])
     ap.add_argument("--upload-rate", default="25M", help="per-peer cap for the 1->8 job (0 = none)")
-    ap.add_argument("--tracker-rates", default="1000,2000,5000,8000,10000", help="offered requests/s")
+    ap.add_argument("--tracker-rates", default="500,1000,2000,5000,8000,10000", help="offered requests/s")
     ap.add_argument("--tracker-connections", type=int, default=1000)
     ap.add_argument("--tracker-seconds", type=float, default=4.0, help="per offered rate")
     ap.add_argument("--json", help="write all results here")
@@ -155,6 +158,10 @@ def main() -> int:
         line = ("1->8      256 MiB, 1 seeder + 8 leechers, median of %d: all done in %.2f s (first leecher %.2f s); "
                 "verified=%s; runs %s s" % (args.runs, r["total_seconds"], r["first_seconds"], r["verified"],
                                             ", ".join("%.2f" % x for x in r["runs"])))
+        line += "\n          leechers done at (median run): %s s" % ", ".join("%.1f" % t for t in r["finish_times"])
+        if r["seeder_upload"] is not None:
+            line += ("\n          the seeder uploaded %.2f x the file; the leechers %s x"
+                     % (r["seeder_upload"], ", ".join("%.2f" % x for x in r["leecher_upload"])))
         if "ratio" in r:
             line += ("\n          upload cap %s/s on each of the 9 peers: fluid bound %.2f s, ratio %.2f "
                      "(target <= 1.3; below 1.0 would mean a cap is not enforced)"

@@ -216,16 +216,91 @@ def one_to_many_seeders(work: str, data: str, seeders: int = 4, runs: int = 3) -
     return summarize(results, os.path.getsize(data))
 
 
+class UploadSampler:
+    """Bytes each peer has uploaded, from the kernel's per-socket counters (``ss -ti``).
+
+    mbt has no upload counter to query, and a finished leecher closes its
+    connections (taking their counters with it), so a thread samples every
+    established loopback socket every 0.1 s and keeps each one's highest
+    ``bytes_acked``. The sums are therefore a slight under-estimate. Without
+    ``ss`` (iproute2) it records nothing.
+    """
+
+    def __init__(self) -> None:
+        import threading
+        self.best: Dict[tuple, int] = {}
+        self.available = shutil.which("ss") is not None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "UploadSampler":
+        if self.available:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        import re
+        acked = re.compile(r"bytes_acked:(\d+)")
+        deadline = time.monotonic() + 1800      # bounded, whatever happens to the caller
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            out = subprocess.run(["ss", "-tinH", "state", "established", "src", "127.0.0.1"],
+                                 capture_output=True, text=True).stdout.splitlines()
+            # ss prints each socket on two lines: addresses, then the TCP info.
+            for head, info in zip(out, out[1:]):
+                f = head.split()
+                m = acked.search(info)
+                if len(f) >= 4 and m and ":" in f[2]:
+                    key = (f[2], f[3])
+                    self.best[key] = max(self.best.get(key, 0), int(m.group(1)))
+            self._stop.wait(0.1)
+
+    def uploaded(self, address: str) -> int:
+        """Bytes sent by the peer serving on ``address`` (its server sockets' local address)."""
+        return sum(v for (local, _remote), v in self.best.items() if local == address)
+
+
 def one_seeder_many_leechers(work: str, data: str, leechers: int = 8, upload_rate: Optional[str] = None) -> Dict:
-    """One seeder, ``leechers`` leechers starting together; total time until all are [C]."""
+    """One seeder, ``leechers`` leechers starting together; total time until all are [C].
+
+    Every console is polled in turn, so each leecher gets its own finish time.
+    ``seeder_upload`` is what the seeder sent, in file sizes: the fluid bound
+    assumes it sends each byte about once and the leechers trade the rest.
+    """
     swarm = Swarm(work, data, 1, upload_rate=upload_rate)
+    sampler = UploadSampler()
+    size = os.path.getsize(data)
     try:
         cons = [swarm.leecher(extra=swarm.rate_args) for _ in range(leechers)]
+        sampler.start()
         t0 = time.monotonic()
         for c in cons:
             swarm.must(c, "download_file bench %s dl" % swarm.name)
-        times = [swarm.wait_done(c, t0) for c in cons]
+        times: Dict[int, float] = {}
+        deadline = t0 + 600
+        while len(times) < len(cons) and time.monotonic() < deadline:
+            for i, c in enumerate(cons):
+                if i in times:
+                    continue
+                reply = c.cmd("show_downloads")
+                if reply.startswith("[C]"):
+                    times[i] = time.monotonic() - t0
+                elif reply.startswith("[F]"):
+                    raise RuntimeError("download failed: %s" % reply)
+            time.sleep(0.02)
+        if len(times) < len(cons):
+            raise RuntimeError("%d of %d downloads not complete after 600 s" % (len(cons) - len(times), len(cons)))
+        sampler.stop()
         ok = all(swarm.verify(c) for c in cons)
-        return {"total_seconds": max(times), "times": times, "verified": ok}
+        out = {"total_seconds": max(times.values()), "times": [times[i] for i in range(len(cons))], "verified": ok}
+        if sampler.available:
+            out["seeder_upload"] = sampler.uploaded(swarm.seeders[0].address) / size
+            out["leecher_upload"] = [sampler.uploaded(c.address) / size for c in cons]
+        return out
     finally:
+        sampler.stop()
         swarm.stop()

@@ -6,7 +6,7 @@ What it does, against a real ``mbt-tracker`` subprocess on 127.0.0.1:
    ``--connections`` TCP connections, every one logged in (as one of the users,
    each with its own peer address), and the first ``--sharers`` of them sharing
    one file each, so ``get_peers`` returns a few online peers per file.
-2. For every offered rate (default 1k, 2k, 5k, 8k, 10k requests/s), for
+2. For every offered rate (default 0.5k, 1k, 2k, 5k, 8k, 10k requests/s), for
    ``--seconds`` seconds: requests are *sent on a schedule*, whether or not
    earlier ones were answered (open loop: a slow tracker cannot slow the
    senders down and hide its own latency), round robin over the connections.
@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mbt.driver import Process, bin_path, free_port, wait_port  # noqa: E402
 
-DEFAULT_RATES = (1000, 2000, 5000, 8000, 10000)
+DEFAULT_RATES = (500, 1000, 2000, 5000, 8000, 10000)
 TARGET_RPS, TARGET_P99_MS = 5000, 50.0
 GROUP = "g"
 PASSWORD = "pw"
@@ -536,7 +536,7 @@ def plot(result: dict, path: str) -> Optional[str]:
     ax.plot(x, [s["p99_ms"] for s in steps], "o-", label="p99")
     ax.plot(x, [s["p50_ms"] for s in steps], "s--", label="p50")
     for s in steps:
-        ax.annotate("%.0fk offered" % (s["offered_rps"] / 1000), (s["done_rps"], s["p99_ms"]),
+        ax.annotate("%gk offered" % (s["offered_rps"] / 1000), (s["done_rps"], s["p99_ms"]),
                     textcoords="offset points", xytext=(4, 6), fontsize=8)
     ax.axhline(TARGET_P99_MS, color="red", linestyle=":", label="target p99 %.0f ms" % TARGET_P99_MS)
     ax.axvline(TARGET_RPS, color="green", linestyle=":", label="target %d requests/s" % TARGET_RPS)
