@@ -27,7 +27,7 @@ class TrackerOptions(usage.Options):
          "next to the info file, created if missing)"],
         ["tls-cert", None, None, "this tracker's certificate (PEM); turns TLS on with the two below"],
         ["tls-key", None, None, "its private key (PEM)"],
-        ["tls-ca", None, None, "CA certificate other trackers must chain to (PEM)"],
+        ["tls-ca", None, None, "CA certificate the trackers we dial must chain to (PEM)"],
     ]
 
     def postOptions(self) -> None:

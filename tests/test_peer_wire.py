@@ -27,7 +27,7 @@ from mbt.manifest import MAX_FILE_SIZE, PIECE_SIZE, Manifest, hash_file, piece_c
 from mbt.peer.serving import Servable
 from mbt.peer.storage import PieceFile, bitfield_hex
 from mbt.protocols.peer import (HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE_INTERVAL, MAX_BLOCK,
-                                MAX_QUEUED_REQUESTS, PeerClientProtocol, PeerServerFactory,
+                                MAX_QUEUED_REQUESTS, PeerClientProtocol, PeerServerFactory, PeerServerProtocol,
                                 UploadSlots)
 
 SIZE = 2 * PIECE_SIZE + 1000          # three pieces, the last one 1000 bytes
@@ -971,12 +971,14 @@ def test_connections_per_host_are_capped(monkeypatch, servable, clock):
     made = []
     for port in (1, 2, 3):
         p = factory.buildProtocol(IPv4Address("TCP", "127.0.0.9", port))
-        if p is not None:
-            p.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", port)))
-        made.append(p)
-    assert made[0] is not None and made[1] is not None and made[2] is None
+        t = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", port))
+        p.makeConnection(t)
+        made.append((p, t))
+    assert all(isinstance(p, PeerServerProtocol) for p, _ in made[:2])
+    third, t = made[2]
+    assert not isinstance(third, PeerServerProtocol) and t.disconnecting   # hung up at once
     other = factory.buildProtocol(IPv4Address("TCP", "127.0.0.8", 1))
-    assert other is not None
+    assert isinstance(other, PeerServerProtocol)
 
 
 class ExpiringNode(FakeNode):
@@ -996,8 +998,7 @@ def test_requests_after_the_ticket_expires_get_no_bytes(make_conn, servable, clo
     conn.take()
     conn.send(b"REQUEST 0 0 10\n")
     assert [m[0] for m in conn.take() if isinstance(m, tuple)] == ["PIECE"]
-    clock.advance(100)
-    conn.send(b"REQUEST 0 0 10\n")
+    clock.advance(100)              # no request needed: the server hangs up at expiry
     assert [m for m in conn.take() if m != "PING"] == ["ERROR ticket expired"]
     assert conn.closed
 

@@ -39,7 +39,7 @@ log = Logger(namespace="mbt.peer.download")
 BLOCK_SIZE = 128 * 1024
 PIPELINE_DEPTH = 16
 #: Requests are topped up once this few remain outstanding at a peer.
-REFILL_AT = 12
+REFILL_AT = 8
 #: Peers one download connects to at once.
 MAX_PEERS = 8
 #: How often the tracker is asked again for peers (seconds), and when starved.
@@ -137,6 +137,7 @@ class Download:
         self.banned_addresses: Set[str] = set()
         self.known_peers: Dict[str, str] = {}    # address -> user
         self.buffers: Dict[int, bytearray] = {}
+        self._spare: list = []      # verified pieces' buffers, reused (no zeroing, no page faults)
         self.inplace: Dict[tuple, PeerClientProtocol] = {}   # (index, offset) -> writer
         self.verifying: Set[int] = set()
         self.running = False
@@ -154,6 +155,7 @@ class Download:
         self.rate = 0.0
         self.registered = False
         self.ticket: Optional[str] = None
+        self._renewing = False
 
     # -- status --------------------------------------------------------------
 
@@ -302,21 +304,28 @@ class Download:
 
     def _renew_ticket(self) -> None:
         """Before our ticket runs out, get a fresh one and show it to every server."""
-        if self.ticket is None or self.node.ticket_expires(self.ticket) - self.now() > TICKET_REFRESH:
+        if (self._renewing or self.ticket is None
+                or self.node.ticket_expires(self.ticket) - self.now() > TICKET_REFRESH):
             return
         old = self.ticket
+        self._renewing = True
 
         def got(ticket):
             if ticket != old:
                 self.ticket = ticket
+                # Every connection past its HELLO (lines arrive in order, so one still
+                # waiting for its BITFIELD gets it right after the HELLO it sent).
                 for conn in self.conns.values():
-                    if conn.ready and conn.connected:
+                    if conn.connected:
                         conn.sendLine(b"TICKET " + ticket.encode("ascii"))
 
         def failed(f):
             f.trap(MbtError)
             self.note = "tracker: %s" % f.value.message
-        self.node.get_ticket(self.record.group, self.manifest.file_hash).addCallbacks(got, failed)
+
+        def done(_):
+            self._renewing = False
+        self.node.get_ticket(self.record.group, self.manifest.file_hash).addCallbacks(got, failed).addBoth(done)
 
     def _check_all_banned(self, now: float) -> None:
         if self.known_peers and all(a in self.banned_addresses for a in self.known_peers):
@@ -360,7 +369,8 @@ class Download:
 
         def done(_):
             self._refreshing = False
-        d.addCallbacks(got, failed).addBoth(done)
+        # got's own failures (e.g. get_ticket refused) are reported like get_peers'.
+        d.addCallback(got).addErrback(failed).addBoth(done)
 
     def _connect_more(self) -> None:
         candidates = [a for a in self.known_peers
@@ -448,7 +458,7 @@ class Download:
             return None
         buf = self.buffers.get(index)
         if buf is None:
-            buf = self.buffers[index] = bytearray(self.manifest.piece_length(index))
+            buf = self.buffers[index] = self._new_buffer(index)
         self.inplace[(index, offset)] = conn
         return memoryview(buf)[offset:offset + length]
 
@@ -468,7 +478,7 @@ class Download:
                     writer.redirect_to_scratch()     # its bytes must not land on ours
                 buf = self.buffers.get(index)
                 if buf is None:
-                    buf = self.buffers[index] = bytearray(self.manifest.piece_length(index))
+                    buf = self.buffers[index] = self._new_buffer(index)
                 buf[offset:offset + length] = data
             if result.piece_complete:
                 self._verify(index)
@@ -476,6 +486,14 @@ class Download:
         # write (and one reactor write cycle) per several blocks, not per block.
         if self.picker.outstanding(conn) <= REFILL_AT:
             self._fill(conn)
+
+    def _new_buffer(self, index: int) -> bytearray:
+        """A buffer for one piece: a spare one when the size fits (every byte of it
+        is overwritten by the piece's blocks before the piece is checked)."""
+        length = self.manifest.piece_length(index)
+        if length == self.manifest.piece_size and self._spare:
+            return self._spare.pop()
+        return bytearray(length)
 
     def _fill(self, conn: PeerClientProtocol) -> None:
         if not self.running or not conn.ready or conn.choked or not conn.connected:
@@ -504,6 +522,8 @@ class Download:
 
         def checked(ok):
             self.verifying.discard(index)
+            if len(buf) == self.manifest.piece_size and len(self._spare) < MAX_VERIFY_BACKLOG:
+                self._spare.append(buf)     # the worker thread is done with it
             if self.status != "D" or self.picker is None:
                 return
             if ok:

@@ -161,6 +161,7 @@ class TrackerClient:
         if proto is self.proto and len(self.trackers) > 1 and proto.transport is not None:
             log.info("tracker {t} is catching up; moving to the next one", t=str(self.current))
             self._move_on = True
+            self.ready = False        # requests from now on wait for the next tracker
             proto.transport.loseConnection()
 
     # -- requests ------------------------------------------------------------

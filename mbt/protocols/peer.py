@@ -89,6 +89,7 @@ class PeerServerProtocol(LineReceiver):
         self.send_paused = False
         self.queue: "OrderedDict[tuple, None]" = OrderedDict()
         self.ticket_expires: Optional[float] = None
+        self._expiry = None
         self._timeout = None
         self._last_activity = 0.0
 
@@ -107,10 +108,10 @@ class PeerServerProtocol(LineReceiver):
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.connected = 0      # Twisted leaves it set; our senders check it
         self.factory.connections.discard(self)
-        for t in (self._timeout, self._keepalive):
+        for t in (self._timeout, self._keepalive, self._expiry):
             if t is not None and t.active():
                 t.cancel()
-        self._timeout = self._keepalive = None
+        self._timeout = self._keepalive = self._expiry = None
         self.queue.clear()
         if self.servable is not None:
             self.servable.unwatch(self)
@@ -185,7 +186,7 @@ class PeerServerProtocol(LineReceiver):
             return self._close("refused HELLO: %s" % e.message)
         self.servable = servable
         self.user = user
-        self.ticket_expires = self.factory.node.ticket_expires(ticket)
+        self._set_ticket_expiry(self.factory.node.ticket_expires(ticket))
         self._timeout.reset(IDLE_TIMEOUT)
         self._keepalive = self.factory.clock.callLater(KEEPALIVE_INTERVAL, self._ping)
         count = servable.manifest.pieces
@@ -206,7 +207,23 @@ class PeerServerProtocol(LineReceiver):
         except MbtError as e:
             self.sendLine(("ERROR " + e.message).encode("ascii", "replace"))
             return self._close("refused TICKET: %s" % e.message)
-        self.ticket_expires = self.factory.node.ticket_expires(args[0])
+        self._set_ticket_expiry(self.factory.node.ticket_expires(args[0]))
+
+    def _set_ticket_expiry(self, expires: Optional[float]) -> None:
+        """Remember when the downloader's proof of membership runs out; hang up then."""
+        self.ticket_expires = expires
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+        if expires is not None:
+            delay = max(0.0, expires - self.factory.clock.seconds())
+            self._expiry = self.factory.clock.callLater(delay, self._ticket_ran_out)
+
+    def _ticket_ran_out(self) -> None:
+        self._expiry = None
+        if self.connected:
+            self.sendLine(b"ERROR ticket expired")
+            self._close("ticket expired")
 
     def _request(self, index: int, offset: int, length: int) -> None:
         if self.ticket_expires is not None and self.factory.clock.seconds() >= self.ticket_expires:
@@ -277,6 +294,13 @@ class PeerServerProtocol(LineReceiver):
             self._close(reason)
 
 
+class _HangUp(protocol.Protocol):
+    """Closes a connection over a cap as soon as it is made."""
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
+
+
 class UploadSlots:
     """Bounds how many downloaders are served at once; the rest wait choked."""
 
@@ -325,7 +349,8 @@ class PeerServerFactory(protocol.ServerFactory):
         if len(self.connections) >= MAX_CONNECTIONS or same_host >= MAX_CONNECTIONS_PER_HOST:
             log.warn("refusing a connection from {host}: {n} open from there, {total} in all",
                      host=host, n=same_host, total=len(self.connections))
-            return None
+            # A protocol that hangs up at once (returning None upsets TLS wrappers).
+            return _HangUp()
         return protocol.ServerFactory.buildProtocol(self, addr)
 
     def refuse_all(self, reason: str, predicate=lambda conn: True) -> None:
