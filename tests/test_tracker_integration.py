@@ -135,7 +135,7 @@ def test_full_account_and_group_story(services):
 
     # The owner leaves: bob, the oldest remaining member, owns the group now.
     assert (yield alice.request("leave_group", group="club")) == \
-        {"group": "club", "deleted": False, "owner": "bob"}
+        {"group": "club", "deleted": False, "owner": "bob", "was_owner": True}
     peers = yield bob.request("get_peers", group="club", name="song.bin")
     assert peers["peers"] == []                               # alice's share went with her
     yield bob.request("stop_share", group="club", name="song.bin")

@@ -164,7 +164,7 @@ def test_a_request_split_across_packets_and_crlf_endings_work(tracker):
 
 
 def test_oversized_line_answers_line_too_long_and_drops_the_connection(tracker):
-    c = tracker.connect()
+    c = tracker.user("padder")          # logged in: the full MAX_LINE applies
     big = b'{"id": 1, "op": "ping", "pad": "' + b"x" * MAX_LINE + b'"}\n'
     replies = c.send_raw(big + b'{"id": 2, "op": "ping"}\n')
     assert [r["error"]["code"] for r in replies] == ["line_too_long"]
@@ -173,7 +173,7 @@ def test_oversized_line_answers_line_too_long_and_drops_the_connection(tracker):
 
 
 def test_oversized_line_without_newline_is_caught_too(tracker):
-    c = tracker.connect()
+    c = tracker.user("padder")
     chunk = b"x" * (MAX_LINE // 4)
     for _ in range(4):
         assert c.send_raw(chunk) == []
@@ -184,11 +184,36 @@ def test_oversized_line_without_newline_is_caught_too(tracker):
 
 
 def test_a_line_of_exactly_max_length_is_accepted(tracker):
-    c = tracker.connect()
+    c = tracker.user("padder")
     head = b'{"id": 1, "op": "ping", "pad": "'
     line = head + b"x" * (MAX_LINE - len(head) - 2) + b'"}'
     assert len(line) == MAX_LINE
     assert c.send_raw(line + b"\n") == [{"id": 1, "ok": {}}]
+
+
+def test_before_login_lines_are_limited_to_anon_max_line(tracker):
+    from mbt.protocols.tracker import ANON_MAX_LINE
+    c = tracker.connect()
+    replies = c.send_raw(b"x" * (ANON_MAX_LINE + 1))
+    assert replies[0]["error"]["code"] == "line_too_long"
+    assert c.transport.disconnecting
+
+
+def test_silent_and_idle_connections_are_closed(tracker):
+    from twisted.internet import task
+    from mbt.protocols.tracker import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT
+    clock = task.Clock()
+    tracker.core.clock = clock
+    silent = tracker.connect()
+    talker = tracker.connect()
+    clock.advance(HANDSHAKE_TIMEOUT - 1)
+    assert talker.send_raw(b'{"id": 1, "op": "ping"}\n') == [{"id": 1, "ok": {}}]
+    clock.advance(2)
+    assert silent.transport.disconnecting and not talker.transport.disconnecting
+    clock.advance(IDLE_TIMEOUT - 5)
+    assert not talker.transport.disconnecting
+    clock.advance(10)
+    assert talker.transport.disconnecting
 
 
 @pytest.mark.parametrize("line, code", [
@@ -211,7 +236,7 @@ def test_a_line_of_exactly_max_length_is_accepted(tracker):
     (b'{"id": "' + b"x" * 65 + b'", "op": "ping"}', "bad_request"),
 ])
 def test_malformed_requests_get_typed_errors_and_the_connection_stays_usable(tracker, line, code):
-    c = tracker.connect()
+    c = tracker.user("garbler")
     replies = c.send_raw(line + b"\n")
     assert len(replies) == 1
     assert replies[0]["id"] is None
@@ -473,7 +498,8 @@ def test_state_errors_travel_as_typed_errors(tracker, club):
     bob.error("invalid_argument", "share_file", group="bad id", manifest=manifest())
     bob.error("invalid_argument", "stop_share", group="club", name="a/b")
     alice.call("reject_request", group="club", user="carol")
-    assert alice.call("leave_group", group="club") == {"group": "club", "deleted": False, "owner": "bob"}
+    assert alice.call("leave_group", group="club") == {"group": "club", "deleted": False, "owner": "bob",
+                                                           "was_owner": True}
 
 
 def test_login_finishing_after_the_connection_dropped_leaves_no_session(club):

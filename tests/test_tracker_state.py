@@ -184,7 +184,7 @@ def test_reject_request_errors(s):
 
 def test_leave_group_by_a_member(s):
     assert apply_ok(s, "leave_group", user="bob", group="club") == \
-        {"group": "club", "deleted": False, "owner": "alice"}
+        {"group": "club", "deleted": False, "owner": "alice", "was_owner": False}
     assert not s.is_member("bob", "club")
     assert s.list_groups()[0]["members"] == 1
 
@@ -206,7 +206,7 @@ def test_owner_leaving_hands_ownership_to_the_oldest_remaining_member(s):
     apply_ok(s, "join_group", user="dave", group="club")
     apply_ok(s, "accept_request", owner="alice", group="club", user="dave")
     result = apply_ok(s, "leave_group", user="alice", group="club")
-    assert result == {"group": "club", "deleted": False, "owner": "bob"}
+    assert result == {"group": "club", "deleted": False, "owner": "bob", "was_owner": True}
     assert s.list_groups() == [{"group": "club", "owner": "bob", "members": 3}]
     # The new owner has the owner's powers, the old one has none.
     apply_ok(s, "join_group", user="alice", group="club")
@@ -220,7 +220,7 @@ def test_last_member_leaving_deletes_the_group_and_its_files(s):
     apply_ok(s, "share_file", user="alice", group="club", manifest=manifest())
     apply_ok(s, "leave_group", user="bob", group="club")
     result = apply_ok(s, "leave_group", user="alice", group="club")
-    assert result == {"group": "club", "deleted": True, "owner": None}
+    assert result == {"group": "club", "deleted": True, "owner": None, "was_owner": True}
     assert s.list_groups() == []
     assert s.files == {}
     # Pending requests went with it; the id is free again.

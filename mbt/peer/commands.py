@@ -164,9 +164,13 @@ class CommandTable:
         return self.node.login(user, password).addCallback(done)
 
     def cmd_logout(self):
-        return self.node.logout().addCallback(
-            lambda r: "logged out %s; stopped sharing %s until the next login"
-            % (r["user"], _plural(r["shares"], "file")))
+        def fmt(r):
+            line = "logged out %s; stopped sharing %s until the next login" % (
+                r["user"], _plural(r["shares"], "file"))
+            if r.get("note"):
+                line += " (tracker not told: %s)" % r["note"]
+            return line
+        return self.node.logout().addCallback(fmt)
 
     def cmd_create_group(self, group: str):
         return self.node.create_group(group).addCallback(
@@ -191,7 +195,9 @@ class CommandTable:
                 return "withdrew your request to join %s" % group
             if r.get("deleted"):
                 return "left group %s; it had no members left and was deleted" % group
-            return "left group %s (owner now %s)" % (group, r.get("owner"))
+            if r.get("was_owner"):
+                return "left group %s; ownership passed to %s" % (group, r.get("owner"))
+            return "left group %s" % group
         return self.node.leave_group(group).addCallback(fmt)
 
     def cmd_list_requests(self, group: str):

@@ -107,6 +107,8 @@ class PeerNode:
     def notify(self, message: str) -> None:
         """Tell every console something happened in the background."""
         log.info("notice: {msg}", msg=message)
+        # Prefixed so that a script reading replies can tell it from command output.
+        message = "notice: " + message
         for listener in list(self._listeners):
             try:
                 listener(message)
@@ -143,8 +145,13 @@ class PeerNode:
         user = self._need_login()
         for dl in self.downloads.values():
             dl.pause()
+        note = ""
         try:
             yield self.tracker.request("logout")
+        except MbtError as e:
+            # Logout is local first: we stop serving whatever the tracker says. An
+            # unreachable tracker drops our session when our connection goes.
+            note = e.message
         finally:
             # Even if the tracker is unreachable we stop serving: logout is local first.
             self.user = self._password = None
@@ -157,7 +164,8 @@ class PeerNode:
                 if id(s) not in downloading:
                     s.piece_file.close()
             self.servables.clear()
-        return {"user": user, "shares": len(self.store.shares)}
+        shares = sum(1 for s in self.store.shares.values() if s.user in ("", user))
+        return {"user": user, "shares": shares, "note": note}
 
     @defer.inlineCallbacks
     def _tracker_connected(self, client: TrackerClient):
@@ -189,6 +197,8 @@ class PeerNode:
         request = self.tracker.raw_request if raw else self.tracker.request
         shared, warnings = 0, []
         for share in list(self.store.shares.values()):
+            if share.user not in ("", self.user):
+                continue        # another user's share on this peer: theirs to announce
             problem = share.changed_on_disk()
             if problem == "missing":
                 self.store.remove_share(share.key)
@@ -242,7 +252,7 @@ class PeerNode:
     def _resume_downloads(self) -> int:
         count = 0
         for dl in self.downloads.values():
-            if dl.status == "D" and not dl.running:
+            if dl.status == "D" and not dl.running and dl.record.user in ("", self.user):
                 dl.start()
                 count += 1
         return count
@@ -390,7 +400,7 @@ class PeerNode:
             raise InvalidArgument("%s changed while it was hashed; try again" % full)
         result = yield self._request("share_file", group=group, manifest=manifest.to_dict())
         share = Share(group=group, name=name, path=full, manifest=manifest.to_dict(),
-                      size=st.st_size, mtime_ns=st.st_mtime_ns)
+                      size=st.st_size, mtime_ns=st.st_mtime_ns, user=self.user)
         old = self.store.shares.get(share.key)
         if old is not None:
             servable = self.servables.get((group, old.manifest["file_hash"]))
@@ -432,11 +442,15 @@ class PeerNode:
         if not info.get("peers"):
             raise MbtError("nobody is sharing %s in %s right now; try again later" % (name, group),
                            "no_peers")
+        if not destination.strip():
+            raise InvalidArgument("empty destination; give a directory or a new file path")
         dest = self.resolve_path(destination)
         if os.path.isdir(dest):
             dest = os.path.join(dest, name)
         else:
             parent = os.path.dirname(dest) or "."
+            if os.path.exists(parent) and not os.path.isdir(parent):
+                raise InvalidArgument("%s is not a directory" % parent)
             if not os.path.isdir(parent):
                 raise InvalidArgument("directory %s does not exist" % parent)
         if os.path.lexists(dest):
@@ -454,7 +468,8 @@ class PeerNode:
             raise InvalidArgument("another download is writing to %s" % dest)
         if os.path.lexists(dest + ".part"):
             raise InvalidArgument("%s.part exists (another program's partial file?); remove it first" % dest)
-        record = DownloadRecord(group=group, name=name, dest=dest, manifest=manifest.to_dict())
+        record = DownloadRecord(group=group, name=name, dest=dest, manifest=manifest.to_dict(),
+                                user=self.user)
         self.store.put_download(record)
         old = self.downloads.get((group, name))
         if old is not None:
@@ -463,16 +478,20 @@ class PeerNode:
         dl.start()
         return {"name": name, "dest": dest}
 
+    def _mine(self, owner: str) -> bool:
+        return self.user is None or owner in ("", self.user)
+
     def show_downloads(self) -> List[str]:
-        """One status line per download, oldest first."""
-        return [dl.status_line() for dl in self.downloads.values()]
+        """One status line per download of the logged-in user, oldest first."""
+        return [dl.status_line() for dl in self.downloads.values() if self._mine(dl.record.user)]
 
     def download_ended(self, dl: Download) -> None:
         """A download completed or failed: persist, and share a complete file."""
         if dl.status == "C":
             st = os.stat(dl.record.dest)
             share = Share(group=dl.record.group, name=dl.record.name, path=dl.record.dest,
-                          manifest=dl.manifest.to_dict(), size=st.st_size, mtime_ns=st.st_mtime_ns)
+                          manifest=dl.manifest.to_dict(), size=st.st_size, mtime_ns=st.st_mtime_ns,
+                          user=dl.record.user)
             self.store.put_share(share)
             # Keep serving from the very same open file (the rename kept the inode).
             if dl.servable is not None and dl.piece_file is not None:

@@ -89,6 +89,7 @@ class Share:
     manifest: dict
     size: int
     mtime_ns: int
+    user: str = ""             # whose share ("" in files from before users were recorded)
 
     @property
     def key(self) -> Key:
@@ -122,6 +123,7 @@ class DownloadRecord:
     have: List[int] = field(default_factory=list)
     status: str = "D"           # D running, C complete, F failed
     reason: str = ""
+    user: str = ""              # who started it ("" in older files)
 
     @property
     def key(self) -> Key:

@@ -29,6 +29,7 @@ class TrackerClient:
 
     connect_timeout = 3.0
     request_timeout = 8.0
+    keepalive = 60.0
     max_backoff = 4.0
 
     def __init__(self, trackers: List[TrackerAddress], reactor,
@@ -122,6 +123,7 @@ class TrackerClient:
         def done(result):
             if self.proto is proto and proto.connected:
                 self.ready = True
+                self._schedule_keepalive(proto)
                 waiters, self._waiters = self._waiters, []
                 for w in waiters:
                     w.callback(proto)
@@ -134,6 +136,14 @@ class TrackerClient:
             log.failure("re-login after connecting to {t} failed", f, t=str(target))
         d.addCallback(done)
         d.addErrback(failed)
+
+    def _schedule_keepalive(self, proto: TrackerClientProtocol) -> None:
+        """A ping every KEEPALIVE seconds: the tracker closes idle connections."""
+        def ping():
+            if self.proto is proto and proto.connected:
+                self._with_timeout(proto, proto.request("ping")).addErrback(lambda f: None)
+                self._schedule_keepalive(proto)
+        self.reactor.callLater(self.keepalive, ping)
 
     def _lost(self, proto: TrackerClientProtocol) -> None:
         if proto is not self.proto:

@@ -30,6 +30,14 @@ log = Logger(namespace="mbt.tracker.protocol")
 
 #: Longest accepted line (a manifest of a 100 GiB file is ~14 MB of JSON).
 MAX_LINE = 16 * 1024 * 1024
+#: Longest line before a connection has logged in: nothing an anonymous client
+#: may send (create_user, login, ping) needs more, and idle strangers cannot
+#: make the tracker buffer megabytes each.
+ANON_MAX_LINE = 64 * 1024
+#: A connection must send its first line within HANDSHAKE_TIMEOUT seconds and
+#: then at least one line every IDLE_TIMEOUT seconds (mbt peers ping every 60 s).
+HANDSHAKE_TIMEOUT = 30.0
+IDLE_TIMEOUT = 300.0
 #: Requests one connection may have in flight before it is told to slow down.
 MAX_IN_FLIGHT = 64
 #: Keys that never appear in logs.
@@ -54,10 +62,22 @@ class TrackerServerProtocol(LineOnlyReceiver):
         self.in_flight = 0
         self.sync = None            # the sync channel, if another tracker opened this connection
         self._first_line = True
+        self.MAX_LENGTH = ANON_MAX_LINE
+        self._timer = self.factory.core.clock.callLater(HANDSHAKE_TIMEOUT, self._expired)
         self.factory.connections.add(self)
+
+    def _expired(self) -> None:
+        self._timer = None
+        log.info("closing {remote}: {why}", remote=self.conn.remote,
+                 why="no request within %d s" % HANDSHAKE_TIMEOUT if self._first_line
+                 else "idle for %d s" % IDLE_TIMEOUT)
+        self.transport.loseConnection()
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.connected = 0
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         self.factory.connections.discard(self)
         if self.sync is not None:
             self.sync.connection_lost()
@@ -73,6 +93,8 @@ class TrackerServerProtocol(LineOnlyReceiver):
         if self.sync is not None:
             self.sync.line_received(line)
             return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(IDLE_TIMEOUT)
         line = line.rstrip(b"\r")
         if not line.strip():
             return
@@ -86,6 +108,9 @@ class TrackerServerProtocol(LineOnlyReceiver):
             # Another tracker: from now on this connection is a sync channel.
             self.factory.connections.discard(self)
             self.MAX_LENGTH = SYNC_MAX_LINE
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()        # the sync channel watches its own liveness
+            self._timer = None
             self.sync = self.factory.mesh.adopt(self.transport, self.sendLine, self.conn.remote, req)
             return
         if not isinstance(req, dict):
@@ -107,6 +132,8 @@ class TrackerServerProtocol(LineOnlyReceiver):
 
     def _ok(self, result: dict, req_id, op) -> None:
         self.in_flight -= 1
+        if self.conn.user is not None:
+            self.MAX_LENGTH = MAX_LINE      # logged in: manifests of big files may follow
         log.info("{op} by {user} from {remote}: ok", op=op, user=self.conn.user, remote=self.conn.remote)
         self._send({"id": req_id, "ok": result})
 

@@ -138,7 +138,7 @@ class TrackerState:
         g.members.remove(user)
         for key in [k for k in self.files if k[0] == g.group_id]:
             self._drop_sharer(key, user)
-        result = {"group": g.group_id, "deleted": False, "owner": g.owner}
+        result = {"group": g.group_id, "deleted": False, "owner": g.owner, "was_owner": g.owner == user}
         if not g.members:
             del self.groups[g.group_id]
             for key in [k for k in self.files if k[0] == g.group_id]:
