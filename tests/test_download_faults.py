@@ -231,3 +231,19 @@ def test_logout_pauses_a_download_and_login_resumes_it(cluster, tmp_path):
     assert "resumed 1 download" in reply
     assert (yield wait_download(dan, "g", "f.bin", timeout=40)) == "C"
     assert sha256_file(tmp_path / "dl" / "f.bin") == sha
+
+
+@pytest_twisted.inlineCallbacks
+def test_seeder_stops_sharing_a_file_truncated_on_disk(cluster, tmp_path):
+    seeds, dan, sha = yield swarm(cluster, tmp_path, 3 * PIECE_SIZE)
+    notices = []
+    seeds[0].subscribe(notices.append)
+    with open(tmp_path / "f.bin", "r+b") as f:
+        f.truncate(1000)
+    yield dan.download_file("g", "f.bin", "dl")
+    yield wait_for(lambda: any("changed on disk" in n for n in notices), 20, what="the seeder to notice")
+    assert ("g", "f.bin") not in seeds[0].store.shares
+    files = (yield dan.list_files("g"))["files"]
+    assert files == [] or files[0]["peers"] == 0
+    line = yield dan.commands.execute("show_downloads")
+    assert line.startswith("[D] [g] f.bin") and not os.path.exists(tmp_path / "dl" / "f.bin")

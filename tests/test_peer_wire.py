@@ -82,10 +82,14 @@ class FakeNode:
     def ticket_expires(ticket):
         return None
 
+    def servable_broken(self, servable, why):
+        self.broken.append((servable, why))
+
     def __init__(self, servable=None, refuse: MbtError = None) -> None:
         self.servable = servable
         self.refuse = refuse
         self.hellos: List[tuple] = []
+        self.broken: List[tuple] = []
 
     def open_servable(self, group, file_hash, user, ticket, remote):
         self.hellos.append((group, file_hash, user, ticket, remote))
@@ -386,7 +390,7 @@ def test_closing_for_a_protocol_error_leaves_no_timer_behind(ready_conn, clock):
     assert clock.getDelayedCalls() == []
 
 
-def test_unreadable_block_is_rejected_not_fatal(make_conn, shared, tmp_path, piece_files):
+def test_unreadable_block_makes_the_node_stop_sharing_the_file(make_conn, shared, tmp_path, piece_files):
     # The shared file shrank on disk after it was hashed: a short read.
     _, data, manifest = shared
     path = tmp_path / "shrunk.bin"
@@ -394,12 +398,13 @@ def test_unreadable_block_is_rejected_not_fatal(make_conn, shared, tmp_path, pie
     s = Servable(GROUP, manifest, piece_files(str(path), manifest), set(range(3)))
     with open(path, "r+b") as f:
         f.truncate(PIECE_SIZE)
-    conn = make_conn(FakeNode(s))
+    node = FakeNode(s)
+    conn = make_conn(node)
     conn.hello(manifest)
     conn.take()
-    conn.send(b"REQUEST 1 0 10\nREQUEST 0 0 10\n")
-    assert conn.messages() == ["REJECT 1 0 10", ("PIECE", 0, 0, 10, data[:10])]
-    assert not conn.closed
+    conn.send(b"REQUEST 1 0 10\n")
+    assert [b for b in conn.messages() if isinstance(b, tuple)] == []     # no bytes of a changed file
+    assert len(node.broken) == 1 and node.broken[0][0] is s and "short read" in node.broken[0][1]
 
 
 # -- server: backpressure and queue ---------------------------------------------

@@ -48,7 +48,7 @@ STARVED_REFRESH_INTERVAL = 2.0
 #: A download with no usable peer for this long fails (it can be started again).
 NO_PEER_LIMIT = 600.0
 #: A download whose every known peer is banned fails after this long.
-ALL_BANNED_LIMIT = 30.0
+ALL_BANNED_LIMIT = 60.0
 #: A block not delivered within this many seconds is asked of another peer.
 REQUEST_TIMEOUT = 15.0
 #: A ticket is renewed when it has less than this many seconds left.
@@ -127,7 +127,9 @@ class Download:
         self.status = record.status
         self.reason = record.reason
         self.have: Set[int] = set()
-        self.verified_bytes = 0
+        # Until the resume check has re-hashed them, show the saved progress.
+        self.verified_bytes = sum(self.manifest.piece_length(i) for i in record.have
+                                  if 0 <= i < self.manifest.pieces)
         self.file_hash: Optional[WholeFileHash] = None
         self.picker: Optional[PiecePicker] = None
         self.piece_file: Optional[PieceFile] = None
@@ -331,7 +333,9 @@ class Download:
         if self.known_peers and all(a in self.banned_addresses for a in self.known_peers):
             if self.all_banned_since is None:
                 self.all_banned_since = now
-            elif now - self.all_banned_since >= ALL_BANNED_LIMIT:
+            self.note = ("every peer sharing it sent corrupt data; waiting %ds for another"
+                         % (now - self.all_banned_since))
+            if now - self.all_banned_since >= ALL_BANNED_LIMIT:
                 self.fail("every peer sharing it sent corrupt data (%d banned)" % len(self.banned_addresses))
         else:
             self.all_banned_since = None

@@ -309,6 +309,21 @@ class PeerNode:
         """A download makes its verified pieces servable."""
         self.servables.setdefault((servable.group, servable.manifest.file_hash), servable)
 
+    def servable_broken(self, servable: Servable, why: str) -> None:
+        """A shared file can no longer be read as hashed: stop sharing it, loudly."""
+        key = (servable.group, servable.manifest.file_hash)
+        if self.servables.get(key) is not servable:
+            return
+        self.unregister_servable(servable)
+        name = servable.manifest.name
+        share = self.store.shares.get((servable.group, name))
+        if share is not None and share.manifest["file_hash"] == servable.manifest.file_hash:
+            self.store.remove_share(share.key)
+            if self.user is not None:
+                self.tracker.request("stop_share", group=servable.group, name=name).addErrback(lambda f: None)
+            self.notify("warning: stopped sharing %s in %s: %s changed on disk (%s); upload_file it again"
+                        % (name, servable.group, share.path, why))
+
     def unregister_servable(self, servable: Servable) -> None:
         """Stop serving a file (download failed, share stopped)."""
         key = (servable.group, servable.manifest.file_hash)

@@ -199,6 +199,11 @@ class TrackerClient:
     def _request_once(self, op: str, args: dict) -> defer.Deferred:
         if self.ready and self.proto is not None:
             return self._with_timeout(self.proto, self.proto.request(op, **args))
+        if self._failures_in_row >= len(self.trackers) and self.proto is None:
+            # Every tracker has just refused a connection: say so now, not in 8 s.
+            tried = ", ".join(str(t) for t in self.trackers)
+            return defer.fail(TrackerUnavailable(
+                "no tracker reachable (tried %s); still retrying in the background" % tried))
         waiter = defer.Deferred()
         self._waiters.append(waiter)
 

@@ -259,9 +259,11 @@ class PeerServerProtocol(LineReceiver):
             try:
                 data = self.servable.read(index, offset, length)
             except (IOError, OSError) as e:
-                self.sendLine(b"REJECT %d %d %d" % (index, offset, length))
+                # The file changed under us (truncated, deleted...): stop serving it
+                # to everyone rather than REJECT forever; the node tells the user.
                 log.warn("cannot read piece {index}: {err}", index=index, err=e)
-                continue
+                self.factory.node.servable_broken(self.servable, str(e))
+                return
             self.factory.uploaded += length
             self.transport.writeSequence([b"PIECE %d %d %d\n" % (index, offset, length), data])
 
