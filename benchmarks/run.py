@@ -95,7 +95,7 @@ def main() -> int:
     ap.add_argument("--work", default=os.environ.get("MBT_BENCH_DIR", "/tmp/mbt-bench"))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--big", action="store_true", help="memory: also a 4 GiB download (needs ~9 GiB of disk)")
-    ap.add_argument("--only", nargs="+", choices=["hash", "4to1", "memory", "1to8", "tracker"])
+    ap.add_argument("--only", nargs="+", choices=["hash", "4to1", "tls", "memory", "1to8", "tracker"])
     ap.add_argument("--upload-rate", default="25M", help="per-peer cap for the 1->8 job (0 = none)")
     ap.add_argument("--tracker-rates", default="500,1000,2000,5000,8000,10000", help="offered requests/s")
     ap.add_argument("--tracker-connections", type=int, default=1000)
@@ -105,13 +105,13 @@ def main() -> int:
     if not 1 <= args.runs <= 20:
         ap.error("--runs must be 1-20")
     os.makedirs(args.work, exist_ok=True)
-    jobs = args.only or ["hash", "4to1", "memory", "1to8", "tracker"]
+    jobs = args.only or ["hash", "4to1", "tls", "memory", "1to8", "tracker"]
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds")}
     one_g = os.path.join(args.work, "data-1GiB.bin")
     q_g = os.path.join(args.work, "data-256MiB.bin")
     print("make bench %s; %d CPUs, load average %.2f; work dir %s; data files are random bytes, generated once"
           % (results["date"], os.cpu_count(), os.getloadavg()[0], args.work), flush=True)
-    if set(jobs) & {"hash", "4to1", "memory"}:
+    if set(jobs) & {"hash", "4to1", "tls", "memory"}:
         make_data(one_g, 1024 * MiB)
     if set(jobs) & {"memory", "1to8"}:
         make_data(q_g, 256 * MiB)
@@ -126,6 +126,13 @@ def main() -> int:
         print("4->1      1 GiB from 4 seeders, median of %d: %.0f MB/s end to end; leecher CPU %.2f s, "
               "peak RSS %.0f MiB; seeders %.2f CPU s/GB; verified=%s"
               % (args.runs, r["mbps"], r["cpu"], r["rss"], r["seeder_cpu_per_gb"], r["verified"]), flush=True)
+        print("          runs: %s MB/s" % ", ".join("%.0f" % x["mbps"] for x in r["runs"]), flush=True)
+
+    if "tls" in jobs:
+        r = results["tls"] = one_to_many_seeders(fresh(args.work, "tls"), one_g, 4, args.runs, tls=True)
+        print("tls       the 4->1 job with TLS on every channel, median of %d: %.0f MB/s end to end; "
+              "leecher CPU %.2f s, peak RSS %.0f MiB; verified=%s"
+              % (args.runs, r["mbps"], r["cpu"], r["rss"], r["verified"]), flush=True)
         print("          runs: %s MB/s" % ", ".join("%.0f" % x["mbps"] for x in r["runs"]), flush=True)
 
     if "memory" in jobs:

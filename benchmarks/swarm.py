@@ -62,9 +62,11 @@ def machine_busy() -> float:
 class Swarm:
     """One tracker plus seeders sharing ``data`` in group ``bench``."""
 
-    def __init__(self, work: str, data: str, seeders: int, upload_rate: Optional[str] = None) -> None:
+    def __init__(self, work: str, data: str, seeders: int, upload_rate: Optional[str] = None,
+                 tls: bool = False) -> None:
         self.work = work
         self.data = data
+        self.tls_args: List[str] = tls_flags(work) if tls else []
         self.procs: List[Process] = []
         self.seeders: List[Console] = []
         try:
@@ -79,8 +81,8 @@ class Swarm:
         self.info = os.path.join(work, "tracker_info.txt")
         with open(self.info, "w") as f:
             f.write("127.0.0.1:%d\n" % port)
-        t = Process([bin_path("mbt-tracker"), self.info, "1", "--state-dir", os.path.join(work, "tracker")],
-                    log=os.path.join(work, "tracker.log"))
+        t = Process([bin_path("mbt-tracker"), self.info, "1", "--state-dir", os.path.join(work, "tracker")]
+                    + self.tls_args, log=os.path.join(work, "tracker.log"))
         self.procs.append(t)
         wait_port(port, 20, t.proc)
         self.leechers = 0
@@ -109,8 +111,8 @@ class Swarm:
     def peer(self, name: str, extra=None) -> Console:
         d = os.path.join(self.work, name)
         os.makedirs(d, exist_ok=True)
-        c = Console("127.0.0.1:%d" % free_port(), self.info, os.path.join(d, "state"), cwd=d, extra=extra,
-                    log=os.path.join(d, "console.err"))
+        c = Console("127.0.0.1:%d" % free_port(), self.info, os.path.join(d, "state"), cwd=d,
+                    extra=(extra or []) + self.tls_args, log=os.path.join(d, "console.err"))
         self.procs.append(c)
         self.must(c, "create_user %s pw" % name)
         self.must(c, "login %s pw" % name)
@@ -206,9 +208,21 @@ def summarize(results: List[Dict], size: int) -> Dict:
             "verified": all(r["verified"] for r in results)}
 
 
-def one_to_many_seeders(work: str, data: str, seeders: int = 4, runs: int = 3) -> Dict:
+def tls_flags(work: str) -> List[str]:
+    """A throwaway CA and one certificate (IP SAN 127.0.0.1) that every process of the job uses."""
+    from mbt import certs
+    d = os.path.join(work, "certs")
+    os.makedirs(d, exist_ok=True)
+    ca_key, ca_cert = certs.make_ca()
+    certs.write_pair(d, "ca", ca_key, ca_cert)
+    key, cert = certs.make_cert(ca_key, ca_cert, "bench")
+    cert_path, key_path = certs.write_pair(d, "bench", key, cert)
+    return ["--tls-cert", cert_path, "--tls-key", key_path, "--tls-ca", os.path.join(d, "ca.pem")]
+
+
+def one_to_many_seeders(work: str, data: str, seeders: int = 4, runs: int = 3, tls: bool = False) -> Dict:
     """One leecher downloads ``data`` from ``seeders`` seeders; medians over ``runs``."""
-    swarm = Swarm(work, data, seeders)
+    swarm = Swarm(work, data, seeders, tls=tls)
     try:
         results = [leech_once(swarm) for _ in range(runs)]
     finally:
