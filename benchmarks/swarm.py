@@ -96,7 +96,7 @@ class Swarm:
                 self.must(c, "join_group bench")
                 self.must(self.seeders[0], "accept_request bench seed%d" % i)
             t0 = time.monotonic()
-            reply = self.must(c, "upload_file %s bench" % data, timeout=600)
+            self.must(c, "upload_file %s bench" % data, timeout=600)
             self.hash_seconds = time.monotonic() - t0
             self.hash_times.append(self.hash_seconds)
             self.seeders.append(c)

@@ -12,7 +12,7 @@ import pytest_twisted
 from twisted.internet import threads
 
 from mbt.tickets import make_ticket, signing_key_from_secret
-from tests.cluster import Cluster, make_file, pause, wait_download
+from tests.cluster import Cluster, make_file
 
 
 @pytest.fixture

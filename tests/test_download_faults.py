@@ -13,7 +13,7 @@ from twisted.internet import protocol, reactor
 import mbt.peer.download as download_mod
 from mbt.manifest import PIECE_SIZE
 from mbt.peer.storage import bitfield_hex
-from tests.cluster import Cluster, make_file, pause, sha256_file, wait_download, wait_for
+from tests.cluster import Cluster, make_file, sha256_file, wait_download, wait_for
 
 MiB = 1024 * 1024
 

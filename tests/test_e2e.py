@@ -1,12 +1,10 @@
 """End to end: the installed commands as subprocesses, driven the way users' scripts do."""
 
-import hashlib
 import os
 import re
 import select
 import signal
 import socket
-import subprocess
 import time
 
 import pytest
@@ -14,14 +12,6 @@ import pytest
 from mbt.driver import Console, Process, bin_path, free_port, wait_port
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-@pytest.fixture
-def procs():
-    started = []
-    yield started
-    for p in reversed(started):
-        p.stop(5)
 
 
 def start_tracker(procs, tmp_path, n=1, ports=None):

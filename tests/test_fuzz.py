@@ -15,7 +15,7 @@ from twisted.internet.testing import StringTransport
 
 from mbt import passwords
 from mbt.errors import MbtError
-from mbt.manifest import Manifest, PIECE_SIZE, hash_file
+from mbt.manifest import PIECE_SIZE, hash_file
 from mbt.peer.serving import Servable
 from mbt.peer.storage import PieceFile
 from mbt.protocols.console import StdioConsole

@@ -2,11 +2,7 @@
 
 import os
 import random
-import signal
 import socket
-import time
-
-import pytest
 
 from mbt.driver import Console, Process, bin_path, free_port, wait_port
 from tests.test_e2e import Telnet
@@ -45,14 +41,6 @@ def blast(port, payload, big=False):
         pass
     finally:
         s.close()
-
-
-@pytest.fixture
-def procs():
-    started = []
-    yield started
-    for p in reversed(started):
-        p.stop(5)
 
 
 def test_every_port_survives_garbage(procs, tmp_path):

@@ -5,7 +5,6 @@ import os
 import pytest
 import pytest_twisted
 
-from mbt.errors import MbtError
 from tests.cluster import Cluster, make_file, sha256_file, wait_download, wait_for
 
 

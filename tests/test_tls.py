@@ -9,7 +9,6 @@ import pytest
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
-from twisted.internet.error import ConnectionDone, ConnectionLost
 
 from mbt import certs
 from mbt.peer.node import PeerNode

@@ -5,18 +5,9 @@ import os
 import socket
 import time
 
-import pytest
 
 from mbt import certs
 from mbt.driver import Console, Process, bin_path, free_port, wait_port
-
-
-@pytest.fixture
-def procs():
-    started = []
-    yield started
-    for p in reversed(started):
-        p.stop(5)
 
 
 def test_cluster_over_tls_shares_downloads_and_fails_over(procs, tmp_path):
