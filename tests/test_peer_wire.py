@@ -1019,3 +1019,14 @@ def test_a_renewed_ticket_keeps_the_connection_serving(make_conn, servable, cloc
     conn.send(b"REQUEST 0 0 10\n")
     assert [m[0] for m in conn.take() if isinstance(m, tuple)] == ["PIECE"]
     assert not conn.closed
+
+
+def test_a_refused_downloader_gets_no_more_pieces_even_when_the_buffer_drains(ready_conn):
+    ready_conn.proto.pauseProducing()            # the transport's buffer is full
+    ready_conn.send(b"REQUEST 0 0 10\nREQUEST 1 0 10\nREQUEST 2 0 10\n")
+    ready_conn.proto.refuse("peer logged out")   # logout / stop_share / ticket expiry
+    ready_conn.proto.resumeProducing()           # the buffer drained
+    msgs = ready_conn.take()
+    assert "ERROR peer logged out" in msgs
+    assert [m for m in msgs if isinstance(m, tuple)] == []
+    assert ready_conn.closed

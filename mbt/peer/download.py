@@ -158,6 +158,8 @@ class Download:
         self.registered = False
         self.ticket: Optional[str] = None
         self._renewing = False
+        self._starting: Optional[defer.Deferred] = None
+        self.no_share = False       # the user ran stop_share: never serve or announce it
 
     # -- status --------------------------------------------------------------
 
@@ -192,9 +194,28 @@ class Download:
 
     # -- lifecycle -----------------------------------------------------------
 
+    def start(self) -> defer.Deferred:
+        """Open or resume the ``.part`` file, then fetch pieces in the background.
+
+        Never fails: an unexpected error ends the download as ``[F]`` with the
+        reason instead of leaving it stuck. A start already under way is reused.
+        """
+        if self._starting is not None:
+            return self._starting
+        d = self._starting = self._start()
+
+        def done(result):
+            self._starting = None
+            return result
+
+        def failed(f):
+            log.failure("download of {name} could not start", f, name=self.record.name)
+            self.running = True         # so that fail() below ends it properly
+            self.fail("internal error: %s" % f.getErrorMessage())
+        return d.addErrback(failed).addBoth(done)
+
     @defer.inlineCallbacks
-    def start(self):
-        """Open or resume the ``.part`` file, then fetch pieces in the background."""
+    def _start(self):
         if self.running or self.status != "D":
             return
         self.running = True
@@ -222,11 +243,12 @@ class Download:
             self.picker = PiecePicker(self.manifest.size, have=self.have, rng=self.rng, block_size=BLOCK_SIZE,
                                       request_timeout=REQUEST_TIMEOUT)
             self.servable = Servable(self.record.group, self.manifest, self.piece_file, self.have)
-        self.node.register_servable(self.servable)
-        if self.have:
-            self._register_with_tracker()
+        if not self.no_share:
+            self.node.register_servable(self.servable)
+            if self.have:
+                self._register_with_tracker()
         if self.picker.done:
-            self._finish()
+            self._finish().addErrback(self._finish_failed)
             return
         self._ticker = self.reactor.callLater(0, self._tick)
 
@@ -255,8 +277,15 @@ class Download:
         self.running = False
         self._stop_activity()
         self._close_storage(remove_part=True)
+        self._release_buffers()
         self.record.status, self.record.reason, self.record.have = "F", reason, []
         self.node.download_ended(self)
+
+    def _release_buffers(self) -> None:
+        """An ended download keeps no piece memory."""
+        self.buffers.clear()
+        self._spare.clear()
+        self.inplace.clear()
 
     def _close_storage(self, remove_part: bool) -> None:
         if self.servable is not None:
@@ -535,10 +564,10 @@ class Download:
                 self.verified_bytes += self.manifest.piece_length(index)
                 self.servable.add_piece(index)      # HAVE to our own downloaders at once
                 self._dirty = True
-                if not self.registered:
+                if not self.registered and not self.no_share:
                     self._register_with_tracker()
                 if self.picker.done and not self.verifying:
-                    self._finish()
+                    self._finish().addErrback(self._finish_failed)
                 elif len(self.verifying) == MAX_VERIFY_BACKLOG - 1:
                     for conn in list(self.conns.values()):     # backlog drained: resume
                         self._fill(conn)
@@ -569,6 +598,11 @@ class Download:
             log.info("could not announce partial share of {name}: {why}", name=self.record.name,
                      why=f.getErrorMessage())
         d.addErrback(failed)
+
+    def _finish_failed(self, f) -> None:
+        log.failure("finishing the download of {name} failed", f, name=self.record.name)
+        self.running = True
+        self.fail("could not finish: %s" % f.getErrorMessage())
 
     @defer.inlineCallbacks
     def _finish(self):
@@ -604,6 +638,7 @@ class Download:
         self.status = "C"
         self.record.status = "C"
         self.record.have = []
+        self._release_buffers()
         self.note = ""
         elapsed = self.now() - (self.started_at or self.now())
         log.info("downloaded {name} ({size} bytes) in {t:.2f}s", name=self.record.name,
@@ -636,7 +671,8 @@ class Download:
             return
         self._last_save = now
         self._dirty = False
-        self.record.have = sorted(self.have)
+        if self.picker is not None:     # not while the resume check is still re-hashing
+            self.record.have = sorted(self.have)
         self.node.store.save_downloads()
 
 

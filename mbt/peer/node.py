@@ -94,8 +94,13 @@ class PeerNode:
         self.server_factory.refuse_all("peer shutting down")
         if self.port is not None:
             yield self.port.stopListening()
+        # Shared files only: a paused download's .part stays open until the process
+        # ends, so a verification still running in a thread finishes its write.
+        downloading = {id(dl.servable) for dl in self.downloads.values()
+                       if dl.servable is not None and dl.status == "D"}
         for s in self.servables.values():
-            s.piece_file.close()
+            if id(s) not in downloading:
+                s.piece_file.close()
 
     # -- notices -------------------------------------------------------------
 
@@ -134,8 +139,15 @@ class PeerNode:
             raise MbtError("already logged in as %s; logout first" % self.user, "already_logged_in")
         yield self.tracker.request("login", user=user, password=password, address=self.address)
         self.user, self._password = user, password
-        self.ticket_key = (yield self.tracker.request("ticket_key"))["public_key"]
-        shared, warnings = yield self._announce_all()
+        try:
+            self.ticket_key = (yield self.tracker.request("ticket_key"))["public_key"]
+            shared, warnings = yield self._announce_all()
+        except Exception:
+            # All or nothing: a half-done login would serve nothing yet refuse a retry.
+            self.user = self._password = None
+            self.servables.clear()
+            self.tracker.request("logout").addErrback(lambda f: None)
+            raise
         resumed = self._resume_downloads()
         return {"user": user, "shares": shared, "warnings": warnings, "resumed": resumed}
 
@@ -159,7 +171,8 @@ class PeerNode:
             self.server_factory.refuse_all("peer logged out")
             # Close shared files; a paused download keeps its .part file open
             # and registers it again when it resumes at login.
-            downloading = {id(dl.servable) for dl in self.downloads.values() if dl.servable is not None}
+            downloading = {id(dl.servable) for dl in self.downloads.values()
+                           if dl.servable is not None and dl.status == "D"}
             for s in list(self.servables.values()):
                 if id(s) not in downloading:
                     s.piece_file.close()
@@ -439,8 +452,10 @@ class PeerNode:
                 self.unregister_servable(servable)
                 servable.piece_file.close()
         dl = self.downloads.get((group, name))
-        if dl is not None and dl.servable is not None:
-            self.unregister_servable(dl.servable)
+        if dl is not None:
+            dl.no_share = True          # also once it completes, and after a restart of it
+            if dl.servable is not None:
+                self.unregister_servable(dl.servable)
         return {"group": group, "name": name}
 
     # -- downloads -----------------------------------------------------------
@@ -452,7 +467,11 @@ class PeerNode:
         check_id("group id", group)
         check_file_name(name)
         # The tracker first: not a member / no such file beat any local problem.
+        user = self.user
         info = yield self._request("get_peers", group=group, name=name)
+        if self.user != user:
+            raise MbtError("you logged out while the download was being set up; nothing started",
+                           "not_logged_in")
         manifest = Manifest.from_dict(info.get("manifest"))
         if not info.get("peers"):
             raise MbtError("nobody is sharing %s in %s right now; try again later" % (name, group),
@@ -502,7 +521,10 @@ class PeerNode:
 
     def download_ended(self, dl: Download) -> None:
         """A download completed or failed: persist, and share a complete file."""
-        if dl.status == "C":
+        if dl.status == "C" and dl.no_share:
+            self.notify("download of %s from %s complete: %s (not shared: you ran stop_share)"
+                        % (dl.record.name, dl.record.group, dl.record.dest))
+        elif dl.status == "C":
             st = os.stat(dl.record.dest)
             share = Share(group=dl.record.group, name=dl.record.name, path=dl.record.dest,
                           manifest=dl.manifest.to_dict(), size=st.st_size, mtime_ns=st.st_mtime_ns,

@@ -124,6 +124,11 @@ class PeerServerProtocol(LineReceiver):
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
+        # Nothing more is sent once we hang up: drop queued requests and stop
+        # producing, else a draining buffer would resume sending pieces (and
+        # Twisted does not close while a producer is registered).
+        self.queue.clear()
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def _expired(self) -> None:
@@ -249,7 +254,7 @@ class PeerServerProtocol(LineReceiver):
     # -- sending (push producer: the transport pauses us when its buffer is full)
 
     def _send_queued(self) -> None:
-        while self.queue and not self.send_paused and self.connected:
+        while self.queue and not self.send_paused and self.connected and not self.transport.disconnecting:
             (index, offset, length), _ = self.queue.popitem(last=False)
             limiter = self.factory.limiter
             if limiter is not None and not limiter.admit(length, self._send_queued):
