@@ -45,6 +45,10 @@ MAX_PEERS = 8
 #: How often the tracker is asked again for peers (seconds), and when starved.
 REFRESH_INTERVAL = 15.0
 STARVED_REFRESH_INTERVAL = 2.0
+#: While below MAX_PEERS connections: new partial seeders (other downloaders of
+#: the same file) appear every moment in a young swarm, and each one found early
+#: takes load off the original seeder.
+GROWING_REFRESH_INTERVAL = 3.0
 #: A download with no usable peer for this long fails (it can be started again).
 NO_PEER_LIMIT = 600.0
 #: A download whose every known peer is banned fails after this long.
@@ -322,7 +326,12 @@ class Download:
             if waited > 5:
                 self.note = "no peer sharing it right now; waiting %ds" % waited
         self._renew_ticket()
-        interval = STARVED_REFRESH_INTERVAL if len(ready) < 2 else REFRESH_INTERVAL
+        if len(ready) < 2:
+            interval = STARVED_REFRESH_INTERVAL
+        elif len(self.conns) < MAX_PEERS:
+            interval = GROWING_REFRESH_INTERVAL
+        else:
+            interval = REFRESH_INTERVAL
         if now - self._last_refresh >= interval:
             self.refresh_peers()
         self._check_all_banned(now)
