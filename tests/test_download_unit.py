@@ -1,0 +1,42 @@
+"""Download bookkeeping without a network: what is saved when a download is paused early."""
+
+from twisted.internet import defer, task
+
+import mbt.peer.download as download_mod
+from mbt.manifest import hash_file
+from mbt.peer.download import Download
+from mbt.peer.shares import DownloadRecord
+
+
+class FakeStore:
+    def __init__(self):
+        self.saves = []
+
+    def save_downloads(self):
+        self.saves.append(True)
+
+
+class FakeNode:
+    def __init__(self):
+        self.store = FakeStore()
+        self.registered = []
+
+    def register_servable(self, servable):
+        self.registered.append(servable)
+
+
+def test_pausing_during_the_resume_check_keeps_the_saved_progress(tmp_path, monkeypatch):
+    src = tmp_path / "src.bin"
+    src.write_bytes(bytes(range(256)) * 8192)            # 2 MiB: 4 pieces
+    manifest = hash_file(str(src))
+    pending = defer.Deferred()                            # the re-hash never finishes here
+    monkeypatch.setattr(download_mod.threads, "deferToThread", lambda f, *a, **k: pending)
+    record = DownloadRecord(group="g", name="src.bin", dest=str(tmp_path / "out.bin"),
+                            manifest=manifest.to_dict(), have=[0, 1, 2])
+    dl = Download(FakeNode(), record, task.Clock())
+    dl.start()
+    assert dl.running and dl.picker is None               # still re-checking the .part file
+    dl.pause()                                            # logout or quit right now
+    assert record.have == [0, 1, 2]                       # progress not wiped
+    dl.start()                                            # a second start while the first waits
+    assert dl._starting is not None                       # ...reuses it instead of racing
