@@ -498,11 +498,8 @@ class Download:
         if (self.picker is None or (index, offset) in self.inplace
                 or not self.picker.sole_holder(conn, index, offset, length)):
             return None
-        buf = self.buffers.get(index)
-        if buf is None:
-            buf = self.buffers[index] = self._new_buffer(index)
         self.inplace[(index, offset)] = conn
-        return memoryview(buf)[offset:offset + length]
+        return memoryview(self._piece_buffer(index))[offset:offset + length]
 
     def block_received(self, conn: PeerClientProtocol, index: int, offset: int, data) -> None:
         if not self.running or self.picker is None:
@@ -518,10 +515,7 @@ class Download:
             if writer is not conn:
                 if writer is not None:
                     writer.redirect_to_scratch()     # its bytes must not land on ours
-                buf = self.buffers.get(index)
-                if buf is None:
-                    buf = self.buffers[index] = self._new_buffer(index)
-                buf[offset:offset + length] = data
+                self._piece_buffer(index)[offset:offset + length] = data
             if result.piece_complete:
                 self._verify(index)
         # Refill in batches once half the pipeline has drained: one REQUEST
@@ -529,13 +523,19 @@ class Download:
         if self.picker.outstanding(conn) <= REFILL_AT:
             self._fill(conn)
 
-    def _new_buffer(self, index: int) -> bytearray:
-        """A buffer for one piece: a spare one when the size fits (every byte of it
-        is overwritten by the piece's blocks before the piece is checked)."""
-        length = self.manifest.piece_length(index)
-        if length == self.manifest.piece_size and self._spare:
-            return self._spare.pop()
-        return bytearray(length)
+    def _piece_buffer(self, index: int) -> bytearray:
+        """The buffer piece ``index`` is assembled in, made on first use: a spare one
+        when the size fits (every byte of it is overwritten by the piece's blocks
+        before the piece is checked)."""
+        buf = self.buffers.get(index)
+        if buf is None:
+            length = self.manifest.piece_length(index)
+            if length == self.manifest.piece_size and self._spare:
+                buf = self._spare.pop()
+            else:
+                buf = bytearray(length)
+            self.buffers[index] = buf
+        return buf
 
     def _fill(self, conn: PeerClientProtocol) -> None:
         if not self.running or not conn.ready or conn.choked or not conn.connected:

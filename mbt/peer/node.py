@@ -94,8 +94,11 @@ class PeerNode:
         self.server_factory.refuse_all("peer shutting down")
         if self.port is not None:
             yield self.port.stopListening()
-        # Shared files only: a paused download's .part stays open until the process
-        # ends, so a verification still running in a thread finishes its write.
+        self._close_shared_files()
+
+    def _close_shared_files(self) -> None:
+        """Close what we serve, except running downloads' .part files: those stay
+        open for a verification still writing in a thread and for the resume."""
         downloading = {id(dl.servable) for dl in self.downloads.values()
                        if dl.servable is not None and dl.status == "D"}
         for s in self.servables.values():
@@ -171,11 +174,7 @@ class PeerNode:
             self.server_factory.refuse_all("peer logged out")
             # Close shared files; a paused download keeps its .part file open
             # and registers it again when it resumes at login.
-            downloading = {id(dl.servable) for dl in self.downloads.values()
-                           if dl.servable is not None and dl.status == "D"}
-            for s in list(self.servables.values()):
-                if id(s) not in downloading:
-                    s.piece_file.close()
+            self._close_shared_files()
             self.servables.clear()
         shares = sum(1 for s in self.store.shares.values() if s.user in ("", user))
         return {"user": user, "shares": shares, "note": note}

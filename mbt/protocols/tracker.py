@@ -40,8 +40,6 @@ HANDSHAKE_TIMEOUT = 30.0
 IDLE_TIMEOUT = 300.0
 #: Requests one connection may have in flight before it is told to slow down.
 MAX_IN_FLIGHT = 64
-#: Keys that never appear in logs.
-SECRET_KEYS = {"password", "token", "password_record", "ticket"}
 
 
 def error_reply(req_id, code: str, message: str) -> dict:
