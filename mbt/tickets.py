@@ -7,9 +7,17 @@ tracker verifies with the one public key all of them publish (``ticket_key``).
 A ticket is ``B64(payload) + "." + B64(signature)`` where ``B64`` is base64url
 without padding, the payload is compact JSON with sorted keys::
 
-    {"a": "<peer address>", "exp": <unix seconds>, "g": "<group>", "h": "<file hash>", "u": "<user>"}
+    {"exp": <unix seconds>, "g": "<group>", "h": "<file hash>", "k": "<holder key>", "u": "<user>"}
 
-and the signature is Ed25519 over exactly those payload bytes.
+and the signature is Ed25519 over exactly those payload bytes. ``k`` is the
+hex public half of the Ed25519 key the downloader's peer made for its tracker
+session (protocol ``mbt/2``): the ticket authorises whoever holds that key,
+from any address, and the holder proves it in ``HELLO`` by signing the serving
+peer's fresh challenge (:func:`sign_challenge`, :func:`verify_proof`). A
+session that logged in without a key (an ``mbt/1`` peer) gets the older
+address-bound shape with ``"a": "<peer address>"`` instead of ``k``.
+
+Expiry is judged in the trackers' time (``mbt.trackertime``).
 :func:`verify_ticket` is pure (time is a parameter) so a peer can check a
 ticket without any I/O.
 """
@@ -19,7 +27,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Tuple
+import os
+from typing import Optional, Tuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -33,7 +42,12 @@ TICKET_LIFETIME = 300
 #: Longest ticket string accepted (a real one is ~300 characters).
 MAX_TICKET_CHARS = 4096
 _HKDF_INFO = b"mbt ticket key"
-_PAYLOAD_KEYS = ("a", "exp", "g", "h", "u")
+#: Payload shapes: key-bound (mbt/2) and address-bound (mbt/1 sessions).
+_KEY_PAYLOAD = ("exp", "g", "h", "k", "u")
+_ADDRESS_PAYLOAD = ("a", "exp", "g", "h", "u")
+#: Bytes of a HELLO challenge (sent as hex).
+CHALLENGE_BYTES = 32
+_PROOF_CONTEXT = b"mbt/2 hello proof"
 
 
 def _bad(reason: str) -> MbtError:
@@ -64,16 +78,94 @@ def public_key_hex(key: Ed25519PrivateKey) -> str:
     return raw.hex()
 
 
+def _sign(key: Ed25519PrivateKey, fields: dict) -> str:
+    payload = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return _b64encode(payload) + "." + _b64encode(key.sign(payload))
+
+
 def make_ticket(key: Ed25519PrivateKey, user: str, group: str, file_hash: str, address: str,
                 now: float, lifetime: int = TICKET_LIFETIME) -> Tuple[str, int]:
-    """Sign a ticket for ``user`` at peer ``address`` to fetch ``file_hash`` in ``group``.
+    """Sign an address-bound ticket (for an ``mbt/1`` session without a key).
 
     Returns ``(ticket, expires)`` with ``expires`` in whole unix seconds.
     """
     expires = int(now) + lifetime
-    payload = json.dumps({"u": user, "g": group, "h": file_hash, "a": address, "exp": expires},
-                         sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-    return _b64encode(payload) + "." + _b64encode(key.sign(payload)), expires
+    return _sign(key, {"u": user, "g": group, "h": file_hash, "a": address, "exp": expires}), expires
+
+
+def make_key_ticket(key: Ed25519PrivateKey, user: str, group: str, file_hash: str, holder: str,
+                    now: float, lifetime: int = TICKET_LIFETIME) -> Tuple[str, int]:
+    """Sign a ticket for whoever holds the session key ``holder`` (64 hex digits).
+
+    Returns ``(ticket, expires)``; ``now`` is the tracker's clock.
+    """
+    check_session_key(holder)
+    expires = int(now) + lifetime
+    return _sign(key, {"u": user, "g": group, "h": file_hash, "k": holder, "exp": expires}), expires
+
+
+def new_session_key() -> Ed25519PrivateKey:
+    """A fresh Ed25519 key for one tracker session of a peer (never stored)."""
+    return Ed25519PrivateKey.generate()
+
+
+def _public(hex_key: object, what: str) -> Ed25519PublicKey:
+    try:
+        raw = bytes.fromhex(hex_key) if isinstance(hex_key, str) else b""
+        if len(raw) != 32 or hex_key != raw.hex():
+            raise ValueError
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise _bad("malformed %s: expected 64 lowercase hex digits" % what)
+
+
+def check_session_key(hex_key: object) -> str:
+    """``hex_key`` if it is a usable Ed25519 public key in lowercase hex, else ``bad_ticket``."""
+    _public(hex_key, "session key")
+    return hex_key
+
+
+def new_challenge() -> str:
+    """A fresh random challenge (hex) a serving peer sends in answer to HELLO."""
+    return os.urandom(CHALLENGE_BYTES).hex()
+
+
+def _proof_message(challenge: str, group: str, file_hash: str, user: str) -> bytes:
+    # Context-bound: a signature made for one HELLO proves nothing for another
+    # file, group or user, and never for anything else signed with the key.
+    return b"\n".join([_PROOF_CONTEXT] + [f.encode("utf-8") for f in (challenge, group, file_hash, user)])
+
+
+def sign_challenge(key: Ed25519PrivateKey, challenge: str, group: str, file_hash: str, user: str) -> str:
+    """The ``PROOF`` a downloader sends: its session key's signature over the challenge."""
+    return _b64encode(key.sign(_proof_message(challenge, group, file_hash, user)))
+
+
+def verify_proof(holder: str, challenge: str, group: str, file_hash: str, user: str,
+                 proof: object) -> None:
+    """Raise ``bad_ticket`` unless ``proof`` is ``holder``'s signature of this challenge."""
+    public = _public(holder, "session key")
+    try:
+        if not isinstance(proof, str) or len(proof) > 128 or not proof.isascii():
+            raise ValueError
+        signature = _b64decode(proof)
+        if len(signature) != 64:
+            raise ValueError
+    except (ValueError, binascii.Error):
+        raise _bad("malformed proof: expected a base64url Ed25519 signature")
+    try:
+        public.verify(signature, _proof_message(challenge, group, file_hash, user))
+    except InvalidSignature:
+        raise _bad("proof does not verify: the downloader does not hold the ticket's key")
+
+
+def ticket_expiry(ticket: str) -> Optional[int]:
+    """``exp`` of a ticket already verified (or ``None`` if it cannot be read)."""
+    try:
+        payload = json.loads(_b64decode(ticket.split(".")[0]))
+        return int(payload["exp"])
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+        return None
 
 
 def verify_ticket(ticket: str, public_key_hex: str, now: float) -> dict:
@@ -81,6 +173,8 @@ def verify_ticket(ticket: str, public_key_hex: str, now: float) -> dict:
 
     The message says why: ``malformed ticket ...``, ``ticket signature does not
     verify`` (forged, tampered or signed with another key) or ``ticket expired``.
+    ``now`` should be the trackers' time (``mbt.trackertime.TrackerClock.now``).
+    The payload has ``k`` (key-bound) or ``a`` (address-bound).
     """
     try:
         raw_key = bytes.fromhex(public_key_hex) if isinstance(public_key_hex, str) else b""
@@ -110,8 +204,8 @@ def verify_ticket(ticket: str, public_key_hex: str, now: float) -> dict:
         payload = json.loads(payload_bytes)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise _bad("malformed ticket: payload is not JSON")
-    if (not isinstance(payload, dict) or sorted(payload) != list(_PAYLOAD_KEYS)
-            or not all(isinstance(payload[k], str) for k in ("a", "g", "h", "u"))
+    if (not isinstance(payload, dict) or tuple(sorted(payload)) not in (_KEY_PAYLOAD, _ADDRESS_PAYLOAD)
+            or not all(isinstance(payload[k], str) for k in payload if k != "exp")
             or not isinstance(payload["exp"], int) or isinstance(payload["exp"], bool)):
         raise _bad("malformed ticket: unexpected payload fields")
     if now >= payload["exp"]:

@@ -108,3 +108,90 @@ def test_a_signed_payload_of_the_wrong_shape_is_malformed():
                     json.dumps({"u": 1, "g": "b", "h": "c", "a": "d", "exp": 5}).encode()):
         signed = b64(payload) + "." + b64(KEY.sign(payload))
         assert reason(signed, now=0).startswith("malformed ticket")
+
+
+# -- key-bound tickets (mbt/2) and the HELLO challenge ------------------------
+
+from mbt.tickets import (check_session_key, make_key_ticket, new_challenge, new_session_key,  # noqa: E402
+                         sign_challenge, ticket_expiry, verify_proof)
+
+HOLDER = new_session_key()
+HOLDER_PUB = public_key_hex(HOLDER)
+
+
+def key_ticket(**over):
+    args = dict(user="alice", group="club", file_hash=HASH, holder=HOLDER_PUB, now=NOW)
+    args.update(over)
+    return make_key_ticket(KEY, **args)
+
+
+def test_a_key_bound_ticket_names_the_holders_key_and_no_address():
+    t, expires = key_ticket()
+    payload = verify_ticket(t, PUB, NOW)
+    assert payload == {"u": "alice", "g": "club", "h": HASH, "k": HOLDER_PUB, "exp": expires}
+    assert "a" not in payload
+    assert ticket_expiry(t) == expires
+    assert reason(t, now=expires) == "ticket expired"
+
+
+def test_a_key_bound_ticket_with_a_swapped_key_no_longer_verifies():
+    t, _ = key_ticket()
+    payload, signature = t.split(".")
+    data = dict(json.loads(unb64(payload)), k=public_key_hex(new_session_key()))
+    raw = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+    assert reason(b64(raw) + "." + signature) == "ticket signature does not verify"
+
+
+def test_a_ticket_cannot_be_made_for_a_malformed_key():
+    for bad in ("", "zz" * 32, HOLDER_PUB.upper(), HOLDER_PUB[:-2], None, 5):
+        with pytest.raises(MbtError) as e:
+            key_ticket(holder=bad)
+        assert e.value.code == "bad_ticket"
+    assert check_session_key(HOLDER_PUB) == HOLDER_PUB
+
+
+def test_a_payload_with_both_key_and_address_is_malformed():
+    payload = json.dumps({"a": "x", "exp": 5, "g": "b", "h": "c", "k": HOLDER_PUB, "u": "a"}).encode()
+    assert reason(b64(payload) + "." + b64(KEY.sign(payload)), now=0).startswith("malformed ticket")
+
+
+def test_the_holder_proves_possession_by_signing_the_challenge():
+    challenge = new_challenge()
+    assert len(challenge) == 64 and challenge != new_challenge()
+    proof = sign_challenge(HOLDER, challenge, "club", HASH, "alice")
+    verify_proof(HOLDER_PUB, challenge, "club", HASH, "alice", proof)     # no exception
+
+
+def proof_refusal(holder, challenge, proof, group="club", user="alice"):
+    with pytest.raises(MbtError) as e:
+        verify_proof(holder, challenge, group, HASH, user, proof)
+    assert e.value.code == "bad_ticket"
+    return e.value.message
+
+
+def test_a_replayed_proof_fails_against_a_fresh_challenge():
+    # Someone who captured a ticket and a proof from the wire cannot reuse them:
+    # the serving peer's next challenge differs, and only the key can sign it.
+    old = new_challenge()
+    captured = sign_challenge(HOLDER, old, "club", HASH, "alice")
+    assert proof_refusal(HOLDER_PUB, new_challenge(), captured).startswith("proof does not verify")
+
+
+def test_a_proof_by_another_key_or_for_another_context_fails():
+    challenge = new_challenge()
+    thief = new_session_key()
+    assert proof_refusal(HOLDER_PUB, challenge, sign_challenge(thief, challenge, "club", HASH, "alice")) \
+        .startswith("proof does not verify")
+    good = sign_challenge(HOLDER, challenge, "club", HASH, "alice")
+    assert proof_refusal(HOLDER_PUB, challenge, good, group="other").startswith("proof does not verify")
+    assert proof_refusal(HOLDER_PUB, challenge, good, user="mallory").startswith("proof does not verify")
+
+
+@pytest.mark.parametrize("garbage", ["", "!", "a" * 200, None, 7, b64(b"short"), b64(b"x" * 64) + "=", "é"])
+def test_a_garbage_proof_is_malformed(garbage):
+    assert proof_refusal(HOLDER_PUB, new_challenge(), garbage).startswith("malformed proof")
+
+
+def test_ticket_expiry_of_garbage_is_none():
+    for garbage in ("", "x", "!!.!!", b64(b"[]") + ".x"):
+        assert ticket_expiry(garbage) is None
