@@ -12,7 +12,7 @@ setup(
     # Explicit lists: flat-layout auto-discovery would refuse the top-level
     # ``twisted`` directory, and the plugin folder must stay namespace-free
     # (no __init__.py) so it is merged into Twisted's own plugin path.
-    packages=["mbt", "mbt.protocols", "mbt.tracker", "mbt.peer", "twisted.plugins"],
+    packages=["mbt", "mbt.protocols", "mbt.tracker", "mbt.peer", "mbt.relay", "twisted.plugins"],
     package_data={"twisted.plugins": ["mbt_plugins.py"]},
     install_requires=["twisted[tls,conch]>=22.10", "service-identity", "pyopenssl", "cryptography"],
     extras_require={

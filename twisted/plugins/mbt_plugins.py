@@ -8,3 +8,6 @@ mbtTracker = ServiceMaker(
 mbtPeer = ServiceMaker(
     "mbt peer", "mbt.tap_peer", "mbt peer: shares and downloads files, with a telnet console",
     "mbt-peer")
+mbtRelay = ServiceMaker(
+    "mbt relay", "mbt.tap_relay", "mbt relay: pipes bytes between two peers that cannot reach each other",
+    "mbt-relay")
