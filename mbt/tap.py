@@ -101,7 +101,8 @@ class PeerOptions(usage.Options):
         ["console", "c", None, "endpoint of the telnet command console, e.g. tcp:7100:interface=127.0.0.1"],
         ["manhole", "m", None, "endpoint of a password-protected Python shell (off by default)"],
         ["state-dir", "s", None, "where the peer keeps shares and downloads"],
-        ["upload-rate", "u", "0", "cap on all uploads, e.g. 25M (bytes/s; 0 = none)"],
+        ["upload-rate", "u", None, "cap on all uploads, e.g. 25M (bytes/s; 0 = none;"
+         " default: the last 'set upload_rate', else none)"],
         ["tls-cert", None, None, "this peer's certificate (PEM); turns TLS on with the two below"],
         ["tls-key", None, None, "its private key (PEM)"],
         ["tls-ca", None, None, "CA certificate every server must chain to (PEM)"],
@@ -115,7 +116,8 @@ class PeerOptions(usage.Options):
         from mbt.peer.ratelimit import parse_rate
         from mbt.tls import TLSConfig
         try:
-            self["upload-rate"] = parse_rate(self["upload-rate"])
+            if self["upload-rate"] is not None:
+                self["upload-rate"] = parse_rate(self["upload-rate"])
         except ValueError as e:
             raise usage.UsageError("--upload-rate: %s" % e)
         try:

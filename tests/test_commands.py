@@ -178,8 +178,9 @@ def assert_one_error_line(reply: str) -> None:
 # -- parsing and usage -----------------------------------------------------
 
 def test_table_has_the_contract_commands_plus_set(table):
-    # ``set`` (issue #8's live upload rate) is the one command beyond the contract.
-    assert set(table.commands) == set(CONTRACT) | {"set"}
+    # ``set`` (issue #8's live upload rate) and ``clear_downloads`` (issue #12)
+    # are the commands beyond the contract.
+    assert set(table.commands) == set(CONTRACT) | {"set", "clear_downloads"}
 
 
 @pytest.mark.parametrize("name", [c for c in CONTRACT if c != "help"])
@@ -520,15 +521,36 @@ def test_subscribe_goes_to_the_node(table, node):
     assert node.listeners == []
 
 
-def test_set_upload_rate_changes_the_shared_bucket_live():
+def _unstarted_node(state_dir, **kwargs):
+    """A real PeerNode that is never started (no sockets): for its settings."""
     from twisted.internet import task
-    from mbt.peer.ratelimit import TokenBucket
-    node = type("N", (), {})()
-    node.upload_limiter = TokenBucket(task.Clock(), 0)
-    from mbt.peer.commands import CommandTable
+    from mbt.peer.node import PeerNode
+    return PeerNode("127.0.0.1:0", [], str(state_dir), task.Clock(), **kwargs)
+
+
+def test_set_upload_rate_changes_the_shared_bucket_live(tmp_path):
+    node = _unstarted_node(tmp_path)
     table = CommandTable(node)
-    assert table.execute("set upload_rate 20M").result == "upload rate limit: 20.0 MB/s for all uploads"
+    assert table.execute("set upload_rate 20M").result == \
+        "upload rate limit: 20.0 MB/s for all uploads (kept for later runs)"
     assert node.upload_limiter.rate == 20e6
-    assert table.execute("set upload_rate 0").result == "no upload rate limit"
+    assert table.execute("set upload_rate 0").result == "no upload rate limit (kept for later runs)"
     assert table.execute("set upload_rate fast").result.startswith("error: bad rate 'fast'")
     assert table.execute("set color blue").result.startswith("error: unknown setting 'color'")
+
+
+def test_set_upload_rate_survives_a_restart_and_the_flag_wins(tmp_path):
+    table = CommandTable(_unstarted_node(tmp_path))
+    table.execute("set upload_rate 300k")
+    assert _unstarted_node(tmp_path).upload_limiter.rate == 300e3          # kept
+    assert _unstarted_node(tmp_path, upload_rate=5e6).upload_limiter.rate == 5e6   # --upload-rate wins
+    assert _unstarted_node(tmp_path, upload_rate=0.0).upload_limiter.rate == 0     # also --upload-rate 0
+    assert "keep it for later runs" in table.execute("help set").result
+    assert "--upload-rate" in table.execute("help set").result
+
+
+@pytest.mark.parametrize("content", ['{"upload_rate": -1}', '{"upload_rate": "fast"}', "[1]", "{nope",
+                                     '{"upload_rate": true}', '{"colour": 3}'])
+def test_bad_saved_settings_are_ignored_not_fatal(tmp_path, content):
+    (tmp_path / "settings.json").write_text(content)
+    assert _unstarted_node(tmp_path).upload_limiter.rate == 0

@@ -84,12 +84,15 @@ def test_download_survives_seeder_killed_mid_transfer(cluster, tmp_path):
 
 
 def corrupt(path, offset, length=100):
-    """Alter bytes of a shared file on disk, keeping its size."""
+    """Alter bytes of a shared file on disk, keeping its size and mtime (as bit
+    rot would): the seeder's own stat checks cannot notice, its downloaders must."""
+    st = os.stat(path)
     with open(path, "r+b") as f:
         f.seek(offset)
         data = f.read(length)
         f.seek(offset)
         f.write(bytes(b ^ 0xFF for b in data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 @pytest_twisted.inlineCallbacks
@@ -225,8 +228,11 @@ def test_logout_pauses_a_download_and_login_resumes_it(cluster, tmp_path):
     dl = dan.downloads[("g", "f.bin")]
     yield wait_for(lambda: len(dl.have) >= 3, 20, what="some pieces")
     yield dan.logout()
-    line = yield dan.commands.execute("show_downloads")
-    assert line.startswith("[D] [g] f.bin") and "paused until login" in line
+    lines = (yield dan.commands.execute("show_downloads")).split("\n")
+    # Logged out nothing is live: said first, and no stale rate or peer count.
+    assert lines[0] == "(logged out: nothing is downloading; unfinished downloads resume at the next login)"
+    assert lines[1].startswith("[D] [g] f.bin  ") and lines[1].endswith("% paused until the next login")
+    assert "/s" not in lines[1] and "peer" not in lines[1]
     reply = yield dan.commands.execute("login dan pw-dan")
     assert "resumed 1 download" in reply
     assert (yield wait_download(dan, "g", "f.bin", timeout=40)) == "C"

@@ -59,7 +59,7 @@ def test_clients_share_and_download_through_their_consoles(procs, tmp_path):
         if status.startswith("[C]") or status.startswith("[F]"):
             break
         time.sleep(0.2)
-    assert status == "[C] [g] clip.bin"
+    assert status == "[C] [g] clip.bin  %s" % (tmp_path / "b" / "in" / "clip.bin")
     assert (tmp_path / "b" / "in" / "clip.bin").read_bytes() == data
     assert b.cmd("bogus").startswith("error: unknown command")
     assert a.stop() == 0 and b.stop() == 0

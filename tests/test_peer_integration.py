@@ -37,7 +37,7 @@ def test_group_story_upload_and_download(cluster, tmp_path):
     assert sha256_file(tmp_path / "dl" / "song.bin") == sha
     assert not (tmp_path / "dl" / "song.bin.part").exists()
     shown = yield bob.commands.execute("show_downloads")
-    assert shown == "[C] [club] song.bin"
+    assert shown == "[C] [club] song.bin  %s" % (tmp_path / "dl" / "song.bin")
     # A completed download is shared onward: two peers now.
     listing = yield alice.commands.execute("list_files club")
     assert "2 peers" in listing

@@ -318,7 +318,7 @@ def test_a_peer_fails_over_mid_download_and_the_download_finishes(trackers, tmp_
         failover = time.monotonic() - killed
         status = wait_until(lambda: (lambda s: s if s.startswith(("[C]", "[F]")) else None)(
             bob.cmd("show_downloads")), 40, "download to end", interval=0.3)
-        assert status == "[C] [g] big.bin"
+        assert status == "[C] [g] big.bin  %s" % (tmp_path / "bob" / "got.bin")
         assert (tmp_path / "bob" / "got.bin").read_bytes() == data
         print("\npeer failover after SIGKILL of its tracker: console answered again after %.0f ms"
               % (failover * 1000))

@@ -79,5 +79,5 @@ def test_cluster_over_tls_shares_downloads_and_fails_over(procs, tmp_path):
         if status[:3] in ("[C]", "[F]"):
             break
         time.sleep(0.2)
-    assert status == "[C] [g] f.bin"
+    assert status == "[C] [g] f.bin  %s" % (tmp_path / "ben" / "dl" / "f.bin")
     assert hashlib.sha256((tmp_path / "ben" / "dl" / "f.bin").read_bytes()).digest() == hashlib.sha256(data).digest()

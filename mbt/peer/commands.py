@@ -82,9 +82,12 @@ class CommandTable:
             ("upload_file", ["file_path", "group_id"], "share a file in a group"),
             ("download_file", ["group_id", "file_name", "destination_path"],
              "download a file in the background"),
-            ("show_downloads", [], "progress of your downloads"),
+            ("show_downloads", [], "progress of your downloads; [C] lines show where the file is"),
+            ("clear_downloads", [], "remove the finished ([C] and [F]) lines from show_downloads"),
             ("stop_share", ["group_id", "file_name"], "stop sharing one file"),
-            ("set", ["option", "value"], "change a setting live: set upload_rate 20M (0 = no limit)"),
+            ("set", ["option", "value"],
+             "change a setting live and keep it for later runs: set upload_rate 20M"
+             " (0 = no limit; --upload-rate given at start wins over the kept value)"),
             ("help", ["command"], "list commands, or show one command's usage"),
             ("quit", [], "stop this console (the stdio client stops the peer)"),
         ]
@@ -226,6 +229,11 @@ class CommandTable:
 
     def cmd_upload_file(self, path: str, group: str):
         def fmt(r):
+            if r.get("already"):
+                return "already shared %s in %s from %s" % (r["name"], r["group"], r["path"])
+            if r.get("previous_path"):
+                return "%s in %s is now shared from %s instead of %s" % (
+                    r["name"], r["group"], r["path"], r["previous_path"])
             speed = ""
             if r["size"] >= (64 << 20) and r["seconds"] > 0:
                 speed = ", hashed at %.0f MB/s" % (r["size"] / r["seconds"] / 1e6)
@@ -241,6 +249,19 @@ class CommandTable:
         lines = self.node.show_downloads()
         return "\n".join(lines) if lines else "(no downloads)"
 
+    def cmd_clear_downloads(self):
+        n = self.node.clear_downloads()
+        return "cleared %s" % _plural(n, "finished download") if n else "(no finished downloads to clear)"
+
+    def quit_message(self) -> str:
+        """What ``quit`` says when it stops the peer (the stdio client): ``bye``,
+        after how many running downloads it pauses."""
+        n = self.node.running_downloads()
+        if not n:
+            return "bye"
+        return "%s paused; %s at the next login\nbye" % (
+            _plural(n, "download"), "it resumes" if n == 1 else "they resume")
+
     def cmd_set(self, option: str, value: str):
         if option != "upload_rate":
             raise UsageError("unknown setting %r; settings: upload_rate" % option[:40])
@@ -249,8 +270,10 @@ class CommandTable:
             rate = parse_rate(value)
         except ValueError as e:
             raise UsageError(str(e))
-        self.node.upload_limiter.set_rate(rate)
-        return "no upload rate limit" if not rate else "upload rate limit: %.1f MB/s for all uploads" % (rate / 1e6)
+        self.node.set_upload_rate(rate)
+        if not rate:
+            return "no upload rate limit (kept for later runs)"
+        return "upload rate limit: %.1f MB/s for all uploads (kept for later runs)" % (rate / 1e6)
 
     def cmd_stop_share(self, group: str, name: str):
         return self.node.stop_share(group, name).addCallback(

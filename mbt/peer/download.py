@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from mbt.errors import MbtError
 from mbt.manifest import Manifest
 from mbt.peer.picker import BlockRequest, PiecePicker
+from mbt.peer.ratelimit import RateMeter
 from mbt.peer.serving import Servable
 from mbt.peer.shares import DownloadRecord
 from mbt.peer.storage import PieceFile
@@ -156,9 +157,7 @@ class Download:
         self._refreshing = False
         self._last_save = 0.0
         self._dirty = False
-        self._rate_bytes = 0
-        self._rate_window = []
-        self.rate = 0.0
+        self.meter = RateMeter(reactor)
         self.registered = False
         self.ticket: Optional[str] = None
         self._renewing = False
@@ -184,15 +183,16 @@ class Download:
         """One ``show_downloads`` line."""
         head = "[%s] [%s] %s" % (self.status, self.record.group, self.record.name)
         if self.status == "C":
-            return head
+            return "%s  %s" % (head, self.record.dest)
         if self.status == "F":
             return "%s  %s" % (head, self.reason)
-        peers = sum(1 for c in self.conns.values() if c.ready)
-        line = "%s  %d%% %s %d peer%s" % (head, int(self.percent()), _rate(self.current_rate()), peers,
-                                         "" if peers == 1 else "s")
         if not self.running:
-            line += "  (paused until login)"
-        elif self.note:
+            # Not live: no rate, no peers (they would be stale figures).
+            return "%s  %d%% paused until the next login" % (head, int(self.percent()))
+        peers = sum(1 for c in self.conns.values() if c.ready)
+        line = "%s  %d%% %s %d peer%s" % (head, int(self.percent()), _rate(self.meter.rate()), peers,
+                                         "" if peers == 1 else "s")
+        if self.note:
             line += "  (%s)" % self.note
         return line
 
@@ -224,6 +224,7 @@ class Download:
             return
         self.running = True
         self.started_at = self.last_peer_time = self.now()
+        self.meter.restart()
         if self.piece_file is None:
             try:
                 self.piece_file = PieceFile(self.record.part_path, self.manifest, writable=True)
@@ -313,7 +314,6 @@ class Download:
         for peer, req in self.picker.expire(now):
             if peer.connected:
                 peer.cancel(req.index, req.offset, req.length)
-        self._update_rate(now)
         ready = [c for c in self.conns.values() if c.ready and not self.picker.is_banned(c)]
         if ready:
             self.last_peer_time = now
@@ -511,7 +511,7 @@ class Download:
             if other is not conn and other.connected:
                 other.cancel(req.index, req.offset, req.length)
         if result.accepted:
-            self._rate_bytes += length
+            self.meter.add(length)
             if writer is not conn:
                 if writer is not None:
                     writer.redirect_to_scratch()     # its bytes must not land on ours
@@ -655,22 +655,6 @@ class Download:
         self.node.download_ended(self)
 
     # -- bookkeeping ---------------------------------------------------------
-
-    def current_rate(self) -> float:
-        """Bytes/s over the last few seconds, counting what arrived since the last tick."""
-        now = self.now()
-        window = [(t, b) for t, b in self._rate_window if now - t <= 5.0]
-        if not window:
-            return self.rate
-        span = max(1.0, now - window[0][0])
-        return (sum(b for _, b in window[1:]) + self._rate_bytes) / span
-
-    def _update_rate(self, now: float) -> None:
-        self._rate_window.append((now, self._rate_bytes))
-        self._rate_bytes = 0
-        self._rate_window = [(t, b) for t, b in self._rate_window if now - t <= 5.0]
-        span = max(1.0, now - self._rate_window[0][0]) if len(self._rate_window) > 1 else 1.0
-        self.rate = sum(b for _, b in self._rate_window) / span
 
     def _save(self, force: bool = False) -> None:
         if not (self._dirty or force):

@@ -14,7 +14,7 @@ import os
 import random
 from typing import Callable, Dict, List, Optional, Tuple
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, check_file_name, check_id
@@ -33,6 +33,10 @@ log = Logger(namespace="mbt.peer")
 
 #: Progress notices for hashing come at most this often (seconds).
 PROGRESS_INTERVAL = 2.0
+#: While logged in, every shared file is checked with a ``stat`` this often
+#: (seconds): a file deleted or changed meanwhile stops being shared at once,
+#: not at the next login. Cheap: one ``stat`` per share.
+SHARE_CHECK_INTERVAL = 5.0
 
 
 class PeerNode:
@@ -40,7 +44,7 @@ class PeerNode:
 
     def __init__(self, address: str, trackers, state_dir: str, reactor,
                  rng: Optional[random.Random] = None, cwd: Optional[str] = None,
-                 upload_rate: float = 0.0, tls: Optional[TLSConfig] = None) -> None:
+                 upload_rate: Optional[float] = None, tls: Optional[TLSConfig] = None) -> None:
         self.address = address
         self.trackers = trackers
         self.state_dir = state_dir
@@ -58,7 +62,11 @@ class PeerNode:
         self._listeners: List[Callable[[str], None]] = []
         self.tracker = TrackerClient(trackers, reactor, on_connected=self._tracker_connected,
                                      notify=self.notify, tls=tls)
+        if upload_rate is None:     # no --upload-rate: the last ``set upload_rate`` holds
+            upload_rate = self.store.settings.get("upload_rate", 0.0)
         self.upload_limiter = TokenBucket(reactor, upload_rate)
+        self._share_checker: Optional[task.LoopingCall] = None
+        self._rechecking: set = set()
         self.server_factory = PeerServerFactory(self, reactor, limiter=self.upload_limiter)
         self.port = None
         for record in self.store.downloads.values():
@@ -80,9 +88,19 @@ class PeerNode:
             return p
         return d.addCallback(listening)
 
+    def running_downloads(self) -> int:
+        """How many downloads are fetching right now (``quit`` pauses them)."""
+        return sum(1 for dl in self.downloads.values() if dl.status == "D" and dl.running)
+
+    def set_upload_rate(self, rate: float) -> None:
+        """Change the upload cap live and keep it in the state dir for later runs."""
+        self.upload_limiter.set_rate(rate)
+        self.store.put_setting("upload_rate", rate)
+
     @defer.inlineCallbacks
     def stop(self):
         """Quit: pause downloads (progress saved), tell the tracker, stop listening."""
+        self._stop_share_checks()
         for dl in self.downloads.values():
             dl.pause()
         if self.user is not None and self.tracker.ready:
@@ -152,12 +170,14 @@ class PeerNode:
             self.tracker.request("logout").addErrback(lambda f: None)
             raise
         resumed = self._resume_downloads()
+        self._start_share_checks()
         return {"user": user, "shares": shared, "warnings": warnings, "resumed": resumed}
 
     @defer.inlineCallbacks
     def logout(self):
         """Stop serving everything until the next login; pause downloads."""
         user = self._need_login()
+        self._stop_share_checks()
         for dl in self.downloads.values():
             dl.pause()
         note = ""
@@ -211,30 +231,11 @@ class PeerNode:
         for share in list(self.store.shares.values()):
             if share.user not in ("", self.user):
                 continue        # another user's share on this peer: theirs to announce
-            problem = share.changed_on_disk()
-            if problem == "missing":
+            why = yield self._share_problem(share)
+            if why is not None:
                 self.store.remove_share(share.key)
-                warnings.append("warning: stopped sharing %s in %s: %s is gone"
-                                % (share.name, share.group, share.path))
+                warnings.append("warning: stopped sharing %s in %s: %s" % (share.name, share.group, why))
                 continue
-            if problem is not None:
-                # Modified since it was hashed: re-hash before serving anything.
-                try:
-                    fresh = yield threads.deferToThread(hash_file, share.path, share.name)
-                except (OSError, MbtError) as e:
-                    self.store.remove_share(share.key)
-                    warnings.append("warning: stopped sharing %s in %s: cannot read %s (%s)"
-                                    % (share.name, share.group, share.path, e))
-                    continue
-                if fresh.file_hash != share.manifest["file_hash"]:
-                    self.store.remove_share(share.key)
-                    warnings.append("warning: stopped sharing %s in %s: the file changed on disk;"
-                                    " upload_file it again to share the new content"
-                                    % (share.name, share.group))
-                    continue
-                st = os.stat(share.path)
-                share.size, share.mtime_ns = st.st_size, st.st_mtime_ns
-                self.store.save_shares()
             try:
                 yield request("share_file", group=share.group, manifest=share.manifest)
             except MbtError as e:
@@ -248,6 +249,92 @@ class PeerNode:
             self._serve_share(share)
             shared += 1
         return shared, warnings
+
+    @defer.inlineCallbacks
+    def _share_problem(self, share: Share):
+        """None if ``share`` still holds what was hashed, else why not (a sentence).
+
+        A file that is only touched (same size, new mtime) is re-hashed in a
+        thread; if the content is the same it stays shared.
+        """
+        problem = share.changed_on_disk()
+        if problem is None:
+            return None
+        if problem == "missing":
+            return "%s is gone" % share.path
+        if problem == "size changed":
+            return "%s changed on disk; upload_file it again to share the new content" % share.path
+        try:
+            fresh = yield threads.deferToThread(hash_file, share.path, share.name)
+        except (OSError, MbtError) as e:
+            return "cannot read %s (%s)" % (share.path, e)
+        if fresh.file_hash != share.manifest["file_hash"]:
+            return "the file changed on disk; upload_file it again to share the new content"
+        try:
+            st = os.stat(share.path)
+        except OSError:
+            return "%s is gone" % share.path
+        share.size, share.mtime_ns = st.st_size, st.st_mtime_ns
+        self.store.save_shares()
+        return None
+
+    # -- noticing deleted or changed shares while logged in -------------------
+
+    def _start_share_checks(self) -> None:
+        if self._share_checker is None:
+            self._share_checker = task.LoopingCall(self.check_shares)
+            self._share_checker.clock = self.reactor
+            self._share_checker.start(SHARE_CHECK_INTERVAL, now=False).addErrback(
+                lambda f: log.failure("share check failed", f))
+
+    def _stop_share_checks(self) -> None:
+        if self._share_checker is not None:
+            if self._share_checker.running:
+                self._share_checker.stop()
+            self._share_checker = None
+
+    def _my_shares(self) -> List[Share]:
+        return [s for s in self.store.shares.values() if self.user is not None and s.user in ("", self.user)]
+
+    def check_shares(self) -> None:
+        """Stop sharing every file of ours that is gone or changed (one ``stat`` each)."""
+        for share in self._my_shares():
+            self.check_share(share)
+
+    def check_share(self, share: Share) -> bool:
+        """Is ``share`` still as hashed? A missing or resized file is dropped at
+        once (tracker told, console told once); a touched one is re-hashed in
+        the background and dropped only if its content changed."""
+        problem = share.changed_on_disk()
+        if problem is None:
+            return True
+        if problem == "modified":
+            if share.key not in self._rechecking:
+                self._rechecking.add(share.key)
+                d = self._share_problem(share)
+
+                def checked(why):
+                    self._rechecking.discard(share.key)
+                    if why is not None and self.store.shares.get(share.key) is share:
+                        self.drop_share(share, why)
+                d.addCallback(checked).addErrback(lambda f: log.failure("re-checking a share failed", f))
+            return False
+        self.drop_share(share, "%s is gone" % share.path if problem == "missing" else
+                        "%s changed on disk; upload_file it again to share the new content" % share.path)
+        return False
+
+    def drop_share(self, share: Share, why: str) -> None:
+        """Stop sharing ``share`` here and on the tracker, and say so once."""
+        if self.store.shares.get(share.key) is not share:
+            return      # already dropped (the periodic check and a failed read raced)
+        self.store.remove_share(share.key)
+        servable = self.servables.get((share.group, share.manifest["file_hash"]))
+        if servable is not None:
+            self.unregister_servable(servable)
+            servable.piece_file.close()
+        if self.user is not None:
+            self.tracker.request("stop_share", group=share.group, name=share.name).addErrback(lambda f: None)
+        self.notify("stopped sharing %s in %s: %s" % (share.name, share.group, why))
 
     def _serve_share(self, share: Share) -> None:
         manifest = share.get_manifest()
@@ -281,6 +368,11 @@ class PeerNode:
         if self.user is None:
             raise MbtError("this peer is not sharing right now (logged out)", "not_sharing")
         servable = self.servables.get((group, file_hash))
+        if servable is not None:
+            share = self.store.shares.get((group, servable.manifest.name))
+            if (share is not None and share.manifest["file_hash"] == file_hash
+                    and not self.check_share(share)):
+                servable = None     # deleted or changed since it was hashed
         if servable is None:
             raise MbtError("no such file shared here in group %s" % group[:64], "not_sharing")
         self._check_ticket(group, file_hash, user, ticket, remote)
@@ -330,11 +422,7 @@ class PeerNode:
         name = servable.manifest.name
         share = self.store.shares.get((servable.group, name))
         if share is not None and share.manifest["file_hash"] == servable.manifest.file_hash:
-            self.store.remove_share(share.key)
-            if self.user is not None:
-                self.tracker.request("stop_share", group=servable.group, name=name).addErrback(lambda f: None)
-            self.notify("warning: stopped sharing %s in %s: %s changed on disk (%s); upload_file it again"
-                        % (name, servable.group, share.path, why))
+            self.drop_share(share, "cannot read %s (%s); upload_file it again" % (share.path, why))
 
     def unregister_servable(self, servable: Servable) -> None:
         """Stop serving a file (download failed, share stopped)."""
@@ -413,6 +501,18 @@ class PeerNode:
         if not os.access(full, os.R_OK):
             raise InvalidArgument("cannot read %s: permission denied" % full)
         name = check_file_name(os.path.basename(full))
+        old = self.store.shares.get((group, name))
+        if old is not None and old.user not in ("", self.user):
+            old = None          # another user's share on this peer
+        if old is not None and old.path == full and old.changed_on_disk() is None:
+            # The very file we already share, unchanged: nothing to hash. Announce
+            # it again all the same (cheap) in case the tracker lost it.
+            result = yield self._request("share_file", group=group, manifest=old.manifest)
+            self._serve_share(old)
+            m = old.get_manifest()
+            return {"name": name, "group": group, "size": m.size, "pieces": m.pieces,
+                    "sharers": result.get("sharers", 1), "seconds": 0.0, "already": True,
+                    "path": full, "previous_path": None}
         # Membership first: a non-member learns it before a long hash.
         yield self._request("list_files", group=group)
         st = os.stat(full)
@@ -433,10 +533,15 @@ class PeerNode:
             servable = self.servables.get((group, old.manifest["file_hash"]))
             if servable is not None and servable.piece_file.path != full:
                 self.unregister_servable(servable)
+                servable.piece_file.close()
+        same = (old is not None and old.path == full
+                and old.manifest["file_hash"] == manifest.file_hash)
+        moved = old.path if old is not None and old.path != full else None
         self.store.put_share(share)
         self._serve_share(share)
         return {"name": name, "group": group, "size": manifest.size, "pieces": manifest.pieces,
-                "sharers": result.get("sharers", 1), "seconds": progress.elapsed()}
+                "sharers": result.get("sharers", 1), "seconds": progress.elapsed(),
+                "already": same, "path": full, "previous_path": moved}
 
     @defer.inlineCallbacks
     def stop_share(self, group: str, name: str):
@@ -472,6 +577,15 @@ class PeerNode:
             raise MbtError("you logged out while the download was being set up; nothing started",
                            "not_logged_in")
         manifest = Manifest.from_dict(info.get("manifest"))
+        # What we have ourselves before who else has it: the tracker never lists
+        # our own peer, so "nobody is sharing" would be wrong if we do.
+        current = self.downloads.get((group, name))
+        if current is not None and current.status == "D":
+            raise MbtError("already downloading %s from %s into %s" % (name, group, current.record.dest),
+                           "already_downloading")
+        share = self.store.shares.get((group, name))
+        if share is not None and (self.check_share(share) or self.store.shares.get(share.key) is share):
+            raise MbtError("you already share %s in %s (%s)" % (name, group, share.path), "already_shared")
         if not info.get("peers"):
             raise MbtError("nobody is sharing %s in %s right now; try again later" % (name, group),
                            "no_peers")
@@ -490,13 +604,6 @@ class PeerNode:
             raise InvalidArgument("%s already exists; it is never overwritten" % dest)
         if not os.access(os.path.dirname(dest), os.W_OK):
             raise InvalidArgument("cannot write to %s: permission denied" % os.path.dirname(dest))
-        current = self.downloads.get((group, name))
-        if current is not None and current.status == "D":
-            raise MbtError("already downloading %s from %s into %s" % (name, group, current.record.dest),
-                           "already_downloading")
-        if (group, name) in self.store.shares:
-            raise MbtError("you already share %s in %s (%s)" % (name, group, self.store.shares[(group, name)].path),
-                           "already_shared")
         if any(d.record.dest == dest and d.status == "D" for d in self.downloads.values()):
             raise InvalidArgument("another download is writing to %s" % dest)
         if os.path.lexists(dest + ".part"):
@@ -515,8 +622,29 @@ class PeerNode:
         return self.user is None or owner in ("", self.user)
 
     def show_downloads(self) -> List[str]:
-        """One status line per download of the logged-in user, oldest first."""
-        return [dl.status_line() for dl in self.downloads.values() if self._mine(dl.record.user)]
+        """One status line per download of the logged-in user, oldest first.
+
+        Logged out, nothing runs: a first line says so, and unfinished
+        downloads show as paused (no rate, no peers).
+        """
+        lines = [dl.status_line() for dl in self.downloads.values() if self._mine(dl.record.user)]
+        if self.user is None and lines:
+            lines.insert(0, "(logged out: nothing is downloading; unfinished downloads resume at the next login)")
+        return lines
+
+    def clear_downloads(self) -> int:
+        """Forget the finished ([C] and [F]) downloads of this user; return how many.
+
+        A completed file stays where it is and stays shared: only its line goes.
+        """
+        done = [key for key, dl in self.downloads.items()
+                if dl.status in ("C", "F") and self._mine(dl.record.user)]
+        for key in done:
+            del self.downloads[key]
+            self.store.downloads.pop(key, None)
+        if done:
+            self.store.save_downloads()
+        return len(done)
 
     def download_ended(self, dl: Download) -> None:
         """A download completed or failed: persist, and share a complete file."""

@@ -65,7 +65,7 @@ class PeerService(service.Service):
     """A peer as a twistd service, with a telnet console and an optional manhole."""
 
     def __init__(self, address: str, info: str, state_dir: Optional[str], console: str,
-                 manhole: Optional[str] = None, reactor=None, upload_rate: float = 0.0,
+                 manhole: Optional[str] = None, reactor=None, upload_rate: Optional[float] = None,
                  tls: Optional[TLSConfig] = None) -> None:
         self.address, self.trackers, self.state_dir, self.lock = prepare(address, info, state_dir)
         self.console_endpoint = console
@@ -125,12 +125,14 @@ def run_client(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("info", metavar="TRACKER_INFO", help="file listing every tracker")
     ap.add_argument("--state-dir", help="where this peer keeps its shares and downloads")
     ap.add_argument("--log-file", help="log file (default: <state-dir>/peer.log)")
-    ap.add_argument("--upload-rate", default="0", help="cap on all uploads, e.g. 25M (bytes/s; 0 = none)")
+    ap.add_argument("--upload-rate", default=None,
+                    help="cap on all uploads, e.g. 25M (bytes/s; 0 = none; default: the last"
+                         " 'set upload_rate', else none)")
     add_tls_arguments(ap)
     args = ap.parse_args(argv)
     from mbt.peer.ratelimit import parse_rate
     try:
-        upload_rate = parse_rate(args.upload_rate)
+        upload_rate = parse_rate(args.upload_rate) if args.upload_rate is not None else None
     except ValueError as e:
         print("error: --upload-rate: %s" % e, file=sys.stderr)
         return 2

@@ -5,7 +5,9 @@ Two small JSON files, each rewritten atomically (temp file + rename, mode 0600):
 * ``shares.json``: files this peer serves (uploaded or completely downloaded):
   group, name, path, manifest, and the file's size and mtime when hashed.
 * ``downloads.json``: downloads not yet complete (and finished ones, for
-  ``show_downloads``), with the pieces verified so far.
+  ``show_downloads`` until ``clear_downloads``), with the pieces verified so far.
+* ``settings.json``: settings changed with ``set`` (``upload_rate``), so they
+  hold after a restart; a command-line flag given at start wins.
 """
 
 from __future__ import annotations
@@ -79,6 +81,28 @@ def _load_entries(path: str, cls) -> list:
     return entries
 
 
+#: Every setting ``set`` may persist, and a check of its stored value.
+_SETTINGS = {
+    "upload_rate": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf"),
+}
+
+
+def _load_settings(path: str) -> dict:
+    """The saved settings; an unknown or malformed one is skipped (logged), never fatal."""
+    data = _read_json(path, {})
+    if not isinstance(data, dict):
+        log.error("cannot read {path}: not a JSON object; using defaults", path=path)
+        return {}
+    good = {}
+    for name, value in data.items():
+        check = _SETTINGS.get(name)
+        if check is None or not check(value):
+            log.error("ignoring setting {name!r} in {path}", name=name, path=path)
+            continue
+        good[name] = value
+    return good
+
+
 @dataclass
 class Share:
     """A complete file this peer serves in a group."""
@@ -141,10 +165,17 @@ class ShareStore:
         self.state_dir = state_dir
         self._shares_path = os.path.join(state_dir, "shares.json")
         self._downloads_path = os.path.join(state_dir, "downloads.json")
+        self._settings_path = os.path.join(state_dir, "settings.json")
+        self.settings = _load_settings(self._settings_path)
         self.shares: Dict[Key, Share] = {
             s.key: s for s in _load_entries(self._shares_path, Share)}
         self.downloads: Dict[Key, DownloadRecord] = {
             r.key: r for r in _load_entries(self._downloads_path, DownloadRecord)}
+
+    def put_setting(self, name: str, value) -> None:
+        """Remember a setting (``set``) and save."""
+        self.settings[name] = value
+        _write_json_atomic(self._settings_path, self.settings)
 
     def put_share(self, share: Share) -> None:
         """Add or replace a share and save."""

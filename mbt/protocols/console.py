@@ -100,8 +100,10 @@ class _CommandRunner:
         write: Callable[[str], None],
         ready: Callable[[], None],
         quit: Callable[[], None],
+        farewell: Callable[[], str] = lambda: "bye",
     ) -> None:
         self._backend = backend
+        self._farewell = farewell
         self._write = write
         self._ready = ready
         self._quit = quit
@@ -121,7 +123,7 @@ class _CommandRunner:
             if len(words) > 1:
                 self.reply("error: usage: quit")
             else:
-                self._write("bye\n")
+                self._write(self._farewell() + "\n")
                 self._quit()
             return
         self.busy = True
@@ -178,7 +180,10 @@ class StdioConsole(LineOnlyReceiver):
         self.backend = backend
         self.banner = banner
         self._on_quit = on_quit
-        self._runner = _CommandRunner(backend, self._write, self._ready, self._end)
+        # Here quit stops the peer: the backend may say what that pauses.
+        farewell = getattr(backend, "quit_message", None)
+        self._runner = _CommandRunner(backend, self._write, self._ready, self._end,
+                                      *([farewell] if farewell is not None else []))
         self._pending: Deque[object] = collections.deque()  # str lines or _TOO_LONG
         self._buffer = b""
         self._discarding = False  # inside an overlong line, dropping bytes up to "\n"
