@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-deps bench-compare clean
+.PHONY: demo test browser-deps bench bench-deps bench-compare clean
 
 $(STAMP): setup.py
 	$(PY) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 # Reinstall the package (fast, no dependency resolution) whenever its sources change.
-$(VENV)/.code: $(STAMP) $(shell find mbt twisted -name '*.py' 2>/dev/null)
+$(VENV)/.code: $(STAMP) $(shell find mbt twisted -name '*.py' -o -name '*.js' -o -name '*.css' 2>/dev/null)
 	$(BIN)/pip install --quiet --no-deps --force-reinstall --no-build-isolation .
 	$(BIN)/twistd --help >/dev/null  # regenerates Twisted's plugin cache
 	touch $(VENV)/.code
@@ -23,8 +23,21 @@ $(VENV)/.code: $(STAMP) $(shell find mbt twisted -name '*.py' 2>/dev/null)
 demo: $(VENV)/.code
 	$(BIN)/python -m mbt.demo
 
-test: $(VENV)/.code
+test: $(VENV)/.code browser-deps
 	$(BIN)/python -m pytest -q tests
+
+# The web page's end-to-end tests drive a real headless Chromium (Debian's
+# chromium + chromium-driver): installed here when missing and we are root (CI).
+BROWSER_PACKAGES := chromium chromium-driver
+browser-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "browser-deps: installing $(BROWSER_PACKAGES) with apt-get"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y $(BROWSER_PACKAGES) \
+	    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(BROWSER_PACKAGES); } \
+	    || echo "browser-deps: could not install $(BROWSER_PACKAGES); the browser tests will skip"; \
+	  else echo "browser-deps: $(BROWSER_PACKAGES) missing and not root; the browser tests will skip"; fi; \
+	fi
 
 # Benchmarks (docs/performance.rst). Extra options: make bench BENCH_ARGS="--big --runs 5".
 # matplotlib (the setup.py "bench" extra) draws the tracker's load curve.

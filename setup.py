@@ -12,11 +12,11 @@ setup(
     # Explicit lists: flat-layout auto-discovery would refuse the top-level
     # ``twisted`` directory, and the plugin folder must stay namespace-free
     # (no __init__.py) so it is merged into Twisted's own plugin path.
-    packages=["mbt", "mbt.protocols", "mbt.tracker", "mbt.peer", "mbt.relay", "twisted.plugins"],
-    package_data={"twisted.plugins": ["mbt_plugins.py"]},
+    packages=["mbt", "mbt.protocols", "mbt.tracker", "mbt.peer", "mbt.relay", "mbt.web", "twisted.plugins"],
+    package_data={"twisted.plugins": ["mbt_plugins.py"], "mbt.web": ["static/app.js", "static/app.css"]},
     install_requires=["twisted[tls,conch]>=22.10", "service-identity", "pyopenssl", "cryptography"],
     extras_require={
-        "test": ["pytest", "pytest-twisted", "hypothesis"],
+        "test": ["pytest", "pytest-twisted", "hypothesis", "selenium"],
         "bench": ["matplotlib"],
     },
     entry_points={

@@ -100,6 +100,8 @@ class PeerOptions(usage.Options):
         ["info", "i", "tracker_info.txt", "file listing every tracker"],
         ["console", "c", None, "endpoint of the telnet command console, e.g. tcp:7100:interface=127.0.0.1"],
         ["manhole", "m", None, "endpoint of a password-protected Python shell (off by default)"],
+        ["web", "w", None, "endpoint of the web page, e.g. tcp:8080 (loopback unless interface= is given)"
+         " or ssl:8443:privateKey=KEY:certKey=CERT (off by default)"],
         ["state-dir", "s", None, "where the peer keeps shares and downloads"],
         ["upload-rate", "u", None, "cap on all uploads, e.g. 25M (bytes/s; 0 = none;"
          " default: the last 'set upload_rate', else none)"],
@@ -124,6 +126,9 @@ class PeerOptions(usage.Options):
             self["tls"] = TLSConfig(self["tls-cert"], self["tls-key"], self["tls-ca"]).check()
         except ConfigError as e:
             raise usage.UsageError(str(e))
+        if self["web"]:
+            from mbt.web.server import normalize_endpoint
+            self["web"] = normalize_endpoint(self["web"])
         for key in ("console", "manhole"):
             ep = self[key]
             if ep and ep.startswith("tcp:") and "interface=" not in ep:
@@ -137,6 +142,6 @@ def makePeerService(config) -> service.IService:
     try:
         return PeerService(config["address"], config["info"], config["state-dir"],
                            config["console"], config["manhole"], upload_rate=config["upload-rate"],
-                           tls=config["tls"])
+                           tls=config["tls"], web=config["web"])
     except ConfigError as e:
         raise SystemExit("error: %s" % e)

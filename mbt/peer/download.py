@@ -163,6 +163,7 @@ class Download:
         self._renewing = False
         self._starting: Optional[defer.Deferred] = None
         self.no_share = False       # the user ran stop_share: never serve or announce it
+        self.sources: Dict[int, str] = {}   # piece -> address of the peer that completed it
 
     # -- status --------------------------------------------------------------
 
@@ -195,6 +196,23 @@ class Download:
         if self.note:
             line += "  (%s)" % self.note
         return line
+
+    def piece_map(self) -> str:
+        """One character per piece: ``v`` verified, ``f`` in flight (requested or
+        being checked), ``.`` missing."""
+        n = self.manifest.pieces
+        if self.status == "C":
+            return "v" * n
+        cells = bytearray(b"." * n)
+        busy = set(self.verifying)
+        if self.picker is not None:
+            busy |= self.picker.in_flight()
+        for i in busy:
+            cells[i] = 0x66         # "f"
+        for i in (self.have or self.record.have):
+            if 0 <= i < n:
+                cells[i] = 0x76     # "v"
+        return cells.decode("ascii")
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -517,6 +535,7 @@ class Download:
                     writer.redirect_to_scratch()     # its bytes must not land on ours
                 self._piece_buffer(index)[offset:offset + length] = data
             if result.piece_complete:
+                self.sources[index] = conn.address
                 self._verify(index)
         # Refill in batches once half the pipeline has drained: one REQUEST
         # write (and one reactor write cycle) per several blocks, not per block.

@@ -9,6 +9,7 @@ the console lives in :mod:`mbt.peer.commands`.
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import os
 import random
@@ -55,6 +56,7 @@ class PeerNode:
         self.store = ShareStore(state_dir)
         self.user: Optional[str] = None
         self._password: Optional[str] = None      # kept in memory only, to log back in
+        self.login_serial = 0       # bumped at every login: what was signed in before is void
         self.servables: Dict[Tuple[str, str], Servable] = {}   # (group, file_hash) -> Servable
         self.ticket_key: Optional[str] = None     # the trackers' public ticket key (hex)
         self._tickets: Dict[Tuple[str, str], Tuple[str, float]] = {}
@@ -160,6 +162,7 @@ class PeerNode:
             raise MbtError("already logged in as %s; logout first" % self.user, "already_logged_in")
         yield self.tracker.request("login", user=user, password=password, address=self.address)
         self.user, self._password = user, password
+        self.login_serial += 1
         try:
             self.ticket_key = (yield self.tracker.request("ticket_key"))["public_key"]
             shared, warnings = yield self._announce_all()
@@ -172,6 +175,13 @@ class PeerNode:
         resumed = self._resume_downloads()
         self._start_share_checks()
         return {"user": user, "shares": shared, "warnings": warnings, "resumed": resumed}
+
+    def is_session(self, user: str, password: str) -> bool:
+        """Is this peer logged in as ``user`` with ``password``? (The web page's
+        sign-in to a session the console opened: no tracker round trip.)"""
+        if self.user is None or self._password is None or user != self.user:
+            return False
+        return hmac.compare_digest(password.encode("utf-8"), self._password.encode("utf-8"))
 
     @defer.inlineCallbacks
     def logout(self):
@@ -621,13 +631,17 @@ class PeerNode:
     def _mine(self, owner: str) -> bool:
         return self.user is None or owner in ("", self.user)
 
+    def my_downloads(self) -> List[Download]:
+        """The logged-in user's downloads, oldest first (every one when logged out)."""
+        return [dl for dl in self.downloads.values() if self._mine(dl.record.user)]
+
     def show_downloads(self) -> List[str]:
         """One status line per download of the logged-in user, oldest first.
 
         Logged out, nothing runs: a first line says so, and unfinished
         downloads show as paused (no rate, no peers).
         """
-        lines = [dl.status_line() for dl in self.downloads.values() if self._mine(dl.record.user)]
+        lines = [dl.status_line() for dl in self.my_downloads()]
         if self.user is None and lines:
             lines.insert(0, "(logged out: nothing is downloading; unfinished downloads resume at the next login)")
         return lines

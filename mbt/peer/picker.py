@@ -466,6 +466,10 @@ class PiecePicker:
         return self._have_frozen
 
     @property
+    def in_flight(self) -> Set[int]:
+        """Pieces started but not yet verified (blocks requested or awaiting the hash check)."""
+        return set(self._started) | set(self._pending)
+
     def piece_count(self) -> int:
         """Number of pieces of the file."""
         return self._n

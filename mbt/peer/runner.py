@@ -66,8 +66,10 @@ class PeerService(service.Service):
 
     def __init__(self, address: str, info: str, state_dir: Optional[str], console: str,
                  manhole: Optional[str] = None, reactor=None, upload_rate: Optional[float] = None,
-                 tls: Optional[TLSConfig] = None) -> None:
+                 tls: Optional[TLSConfig] = None, web: Optional[str] = None) -> None:
         self.address, self.trackers, self.state_dir, self.lock = prepare(address, info, state_dir)
+        self.web_endpoint = web
+        self.web = None
         self.console_endpoint = console
         self.manhole_endpoint = manhole
         self._reactor = reactor
@@ -101,6 +103,11 @@ class PeerService(service.Service):
                     manhole_factory({"node": self.node, "commands": table}, user, password))
                 self.ports.append(port)
                 log.info("manhole on {ep}; credentials in {path}", ep=self.manhole_endpoint, path=path)
+            if self.web_endpoint:
+                from mbt.web.server import start_web
+                self.web = yield start_web(reactor, self.node, table, self.web_endpoint)
+                log.info("web page on {url}", url=self.web[1])
+                print("web page: %s" % self.web[1], flush=True)
         except Exception as e:
             log.failure("peer failed to start")
             print("error: peer failed to start: %s" % e, file=sys.stderr, flush=True)
@@ -109,6 +116,10 @@ class PeerService(service.Service):
     @defer.inlineCallbacks
     def stopService(self):
         service.Service.stopService(self)
+        if self.web is not None:
+            from mbt.web.server import stop_web
+            yield stop_web(self.web)
+            self.web = None
         for p in self.ports:
             yield p.stopListening()
         if self.node is not None:
@@ -128,6 +139,9 @@ def run_client(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--upload-rate", default=None,
                     help="cap on all uploads, e.g. 25M (bytes/s; 0 = none; default: the last"
                          " 'set upload_rate', else none)")
+    ap.add_argument("--web", metavar="ENDPOINT",
+                    help="also serve a web page on this Twisted endpoint, e.g. tcp:8080 (loopback"
+                         " unless interface= is given) or ssl:8443:privateKey=KEY:certKey=CERT")
     add_tls_arguments(ap)
     args = ap.parse_args(argv)
     from mbt.peer.ratelimit import parse_rate
@@ -150,14 +164,25 @@ def run_client(argv: Optional[List[str]] = None) -> int:
     from mbt.peer.node import PeerNode
     from mbt.protocols.console import StdioConsole
 
+    if args.web:
+        from mbt.web.server import check_endpoint
+        try:
+            check_endpoint(reactor, args.web)
+        except ConfigError as e:
+            print("error: %s" % e, file=sys.stderr)
+            return 2
     node = PeerNode(address, trackers, state_dir, reactor, upload_rate=upload_rate, tls=tls)
     table = CommandTable(node)
     status = {"code": 0, "stopping": False}
+    web = []
 
     def stop() -> None:
         if status["stopping"]:
             return
         status["stopping"] = True
+        if web:
+            from mbt.web.server import stop_web
+            stop_web(web[0])
         d = node.stop()
         # Never hang on the way out (an unreachable tracker): 5 s at most.
         timer = reactor.callLater(5, lambda: reactor.stop() if reactor.running else None)
@@ -182,6 +207,17 @@ def run_client(argv: Optional[List[str]] = None) -> int:
             reactor.stop()
             return
         banner = "mbt peer %s - type help for commands" % address
+        if args.web:
+            from mbt.web.server import start_web
+            try:
+                web.append((yield start_web(reactor, node, table, args.web)))
+            except Exception as e:
+                print("error: cannot serve the web page on %s: %s" % (args.web, getattr(e, "strerror", None) or e),
+                      file=sys.stderr, flush=True)
+                status["code"] = 1
+                stop()
+                return
+            banner = "web page: %s\n%s" % (web[0][1], banner)
         stdio.StandardIO(StdioConsole(table, banner, stop), reactor=reactor)
 
     _install_signal_handlers(reactor, stop)
