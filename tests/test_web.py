@@ -278,3 +278,31 @@ def test_events_stream_downloads_notices_and_signout(cluster, webs):
     assert b"event: signout" in b"".join(received)
     app = webs[0][2]
     yield wait_for(lambda: not app.events.pages and app.events._loop is None, 5, what="ticker stopped")
+
+
+def test_piece_map_and_sources_of_a_running_download(tmp_path):
+    from twisted.internet import task
+
+    from mbt.manifest import hash_file
+    from mbt.peer.download import Download
+    from mbt.peer.picker import PiecePicker
+    from mbt.peer.shares import DownloadRecord
+    from mbt.web.views import download_view
+    src = tmp_path / "src.bin"
+    src.write_bytes(bytes(range(256)) * 8192)            # 2 MiB: 4 pieces
+    manifest = hash_file(str(src))
+    record = DownloadRecord(group="g", name="src.bin", dest=str(tmp_path / "out.bin"),
+                            manifest=manifest.to_dict(), have=[3])
+    dl = Download(object(), record, task.Clock())
+    assert dl.piece_map() == "...v"                        # saved progress before the resume check
+    dl.have = {0, 3}
+    dl.picker = PiecePicker(manifest.size, have={0, 3}, random_first=0)
+    peer = object()
+    dl.picker.add_peer(peer, {0, 1, 2, 3})
+    reqs = dl.picker.next_requests(peer, 1, 0.0)
+    dl.sources = {0: "10.0.0.1:7000"}
+    cells = dl.piece_map()
+    assert cells[0] == "v" and cells[3] == "v" and cells[reqs[0].index] == "f" and cells.count(".") == 1
+    view = download_view(dl)
+    assert view["sources"] == ["10.0.0.1:7000"] and view["src"] == "0--" "-"
+    assert view["state"] == "D" and view["note"] == "paused until login" and view["eta"] is None

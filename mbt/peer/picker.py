@@ -465,11 +465,11 @@ class PiecePicker:
             self._have_frozen = frozenset(self._have)
         return self._have_frozen
 
-    @property
     def in_flight(self) -> Set[int]:
         """Pieces started but not yet verified (blocks requested or awaiting the hash check)."""
         return set(self._started) | set(self._pending)
 
+    @property
     def piece_count(self) -> int:
         """Number of pieces of the file."""
         return self._n

@@ -107,6 +107,12 @@ class EventHub:
                 page.write(data, now)
 
     def _tick(self) -> None:
+        try:
+            self._tick_pages()
+        except Exception:       # the live channel must outlive any one bad update
+            log.failure("web events tick failed")
+
+    def _tick_pages(self) -> None:
         now = self.reactor.seconds()
         live = []
         for page in list(self.pages):

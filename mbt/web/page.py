@@ -50,6 +50,7 @@ TEMPLATE = XMLString("""\
         <input id="group-name" name="group" placeholder="group id" required="required"/>
         <button type="submit" id="create-group">Create</button>
         <button type="button" id="join-group">Join</button>
+        <button type="button" id="refresh-groups">Refresh</button>
       </form>
       <p class="msg" id="groups-msg"></p>
       <table id="group-table">
@@ -64,6 +65,7 @@ TEMPLATE = XMLString("""\
       <form id="share-form" class="inline">
         <input id="share-path" name="path" placeholder="path of a file on this peer's disk" required="required"/>
         <button type="submit" id="share-button">Share</button>
+        <button type="button" id="refresh-files">Refresh</button>
       </form>
       <form id="dest-form" class="inline">
         <label>Download into <input id="dest" name="dest" placeholder="a directory or a new file path"/></label>

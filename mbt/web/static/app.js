@@ -346,6 +346,8 @@
       act("upload_file", { path: $("share-path").value, group: state.group }, "files-msg", loadFiles,
           "hashing " + $("share-path").value + "\u2026 (progress appears in the notices)");
     });
+    $("refresh-groups").addEventListener("click", function () { message("groups-msg", ""); loadGroups(); });
+    $("refresh-files").addEventListener("click", function () { message("files-msg", ""); loadFiles(); });
     $("dest-form").addEventListener("submit", function (e) { e.preventDefault(); });
     refreshState();
   });
