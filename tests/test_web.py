@@ -231,6 +231,10 @@ def test_groups_requests_files_share_download_with_console_texts(cluster, webs, 
     assert r.json()["message"] == "shared mine.bin in club: 1000 bytes (1000 B), 1 piece"
     r = yield web.post("upload_file", path="missing.bin", group="club")
     assert r.json()["error"] == "no such file: %s" % (tmp_path / "missing.bin")
+    r = yield web.post("clear_downloads")
+    assert r.json()["message"] == "cleared 1 finished download"
+    r = yield web.get("/api/downloads")
+    assert r.json()["downloads"] == []
     r = yield web.post("leave_group", group="club")
     assert r.json()["message"] == "left group club; ownership passed to bob"
     r = yield web.post("join_group", group="club")

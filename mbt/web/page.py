@@ -79,6 +79,7 @@ TEMPLATE = XMLString("""\
 
     <section id="downloads">
       <h2>Downloads</h2>
+      <button type="button" id="clear-downloads">Clear finished</button>
       <p class="msg" id="downloads-msg"></p>
       <div id="download-list"><p class="empty">(no downloads)</p></div>
     </section>

@@ -204,6 +204,7 @@ class ApiResource(resource.Resource):
             "upload_file": (self.a_command("upload_file"), ["path", "group"], True),
             "download_file": (self.a_command("download_file"), ["group", "name", "dest"], True),
             "stop_share": (self.a_command("stop_share"), ["group", "name"], True),
+            "clear_downloads": (self.a_command("clear_downloads"), [], True),
         }
 
     # -- dispatch ------------------------------------------------------------

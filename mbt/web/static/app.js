@@ -348,6 +348,9 @@
     });
     $("refresh-groups").addEventListener("click", function () { message("groups-msg", ""); loadGroups(); });
     $("refresh-files").addEventListener("click", function () { message("files-msg", ""); loadFiles(); });
+    $("clear-downloads").addEventListener("click", function () {
+      act("clear_downloads", {}, "downloads-msg", loadDownloads);
+    });
     $("dest-form").addEventListener("submit", function (e) { e.preventDefault(); });
     refreshState();
   });
