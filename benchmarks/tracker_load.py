@@ -138,7 +138,11 @@ class Loop:
         while len(out) < n:
             fresh = []
             for _ in range(min(batch, n - len(out))):
-                s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+                # Spread over loopback source addresses: the tracker caps
+                # connections per address (MAX_CONNECTIONS_PER_HOST).
+                index = len(out) + len(fresh)
+                s = socket.create_connection(("127.0.0.1", self.port), timeout=10,
+                                             source_address=("127.0.%d.%d" % (1 + index // 12800, 1 + index // 50 % 256), 0))
                 s.setblocking(False)
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 c = Conn(s, len(out) + len(fresh))

@@ -195,6 +195,7 @@ def test_tracker_survives_garbage_and_keeps_its_state(tracker, chunks):
     good, t2 = connect(factory)
     good.dataReceived(b'{"id": 9, "op": "ping"}\n')
     assert json.loads(t2.value()) == {"id": 9, "ok": {}}
+    good.connectionLost(None)       # the tracker caps connections per address
 
 
 # -- the console --------------------------------------------------------------------

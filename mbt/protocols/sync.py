@@ -31,17 +31,20 @@ from typing import Callable, Dict, List, Optional
 
 from twisted.internet import protocol
 from twisted.logger import Logger
-from twisted.protocols.basic import LineOnlyReceiver
-
 from mbt.tls import client_endpoint
 from mbt.protocols.jsonlines import encode
+from mbt.protocols.lines import BoundedLineReceiver
 from mbt.trackerinfo import TrackerAddress
 
 log = Logger(namespace="mbt.tracker.sync")
 
 VERSION = 1
 #: Longest sync line: a replicated share_file can be as long as the 16 MiB client line, plus framing.
+#: Only after the handshake: until the other side has proven the secret, lines
+#: are limited to HANDSHAKE_MAX_LINE (on the accepting side, the tracker's
+#: anonymous limit), so a stranger cannot make a tracker buffer megabytes.
 SYNC_MAX_LINE = 64 * 1024 * 1024
+HANDSHAKE_MAX_LINE = 64 * 1024
 #: Seconds a connection may take to authenticate.
 HANDSHAKE_TIMEOUT = 10.0
 
@@ -238,11 +241,11 @@ class SyncChannel:
         self._timer = None
 
 
-class SyncClientProtocol(LineOnlyReceiver):
+class SyncClientProtocol(BoundedLineReceiver):
     """The dialing side of a sync connection."""
 
     delimiter = b"\n"
-    MAX_LENGTH = SYNC_MAX_LINE
+    MAX_LENGTH = HANDSHAKE_MAX_LINE
 
     def __init__(self, mesh: "Mesh", target: TrackerAddress) -> None:
         self.mesh = mesh
@@ -258,12 +261,15 @@ class SyncClientProtocol(LineOnlyReceiver):
 
     def lineReceived(self, line: bytes) -> None:
         self.channel.line_received(line)
+        if self.channel.authenticated:
+            self.MAX_LENGTH = SYNC_MAX_LINE
 
     def lineLengthExceeded(self, line: bytes) -> None:
         log.warn("sync line over {max} bytes from {r}; closing", max=self.MAX_LENGTH, r=str(self.target))
         self.transport.loseConnection()
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
+        BoundedLineReceiver.connectionLost(self, reason)
         if self.channel is not None:
             self.mesh.pending.discard(self.channel)
             self.channel.connection_lost()

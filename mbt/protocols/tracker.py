@@ -19,11 +19,12 @@ from typing import Dict, Optional
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
-from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from mbt.errors import MbtError, TrackerUnavailable
 from mbt.protocols.jsonlines import encode  # noqa: F401  (re-exported: the one line encoder)
+from mbt.protocols.limits import HangUp, HostCounts
+from mbt.protocols.lines import BoundedLineReceiver, LineBudget
 from mbt.protocols.sync import SYNC_MAX_LINE, is_sync_hello
 
 log = Logger(namespace="mbt.tracker.protocol")
@@ -40,6 +41,16 @@ HANDSHAKE_TIMEOUT = 30.0
 IDLE_TIMEOUT = 300.0
 #: Requests one connection may have in flight before it is told to slow down.
 MAX_IN_FLIGHT = 64
+#: Connections one IP address may hold open at once (the next is closed at once).
+MAX_CONNECTIONS_PER_HOST = 64
+#: Bytes of unfinished long lines (beyond the first 64 KiB of each) the tracker
+#: holds for one IP address and for all connections together; a line that
+#: does not fit gets ``busy`` and its connection is closed. One maximal line
+#: per address, two in all: memory stays bounded whatever logged-in clients send.
+HOST_LINE_BUDGET = MAX_LINE
+TOTAL_LINE_BUDGET = 2 * MAX_LINE
+#: Seconds a long line (over 64 KiB) may take from its first byte to its newline.
+LONG_LINE_DEADLINE = 120.0
 
 
 def error_reply(req_id, code: str, message: str) -> dict:
@@ -47,22 +58,27 @@ def error_reply(req_id, code: str, message: str) -> dict:
     return {"id": req_id, "error": {"code": code, "message": message}}
 
 
-class TrackerServerProtocol(LineOnlyReceiver):
+class TrackerServerProtocol(BoundedLineReceiver):
     """Server side: decode a request, hand it to the core, write the reply."""
 
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE
+    LONG_LINE_DEADLINE = LONG_LINE_DEADLINE
 
     def connectionMade(self) -> None:
         from mbt.tracker.service import Connection
         peer = self.transport.getPeer()
-        self.conn = Connection("%s:%s" % (getattr(peer, "host", "?"), getattr(peer, "port", "?")))
+        self.host = str(getattr(peer, "host", "?"))
+        self.conn = Connection("%s:%s" % (self.host, getattr(peer, "port", "?")))
         self.in_flight = 0
         self.sync = None            # the sync channel, if another tracker opened this connection
         self._first_line = True
         self.MAX_LENGTH = ANON_MAX_LINE
-        self._timer = self.factory.core.clock.callLater(HANDSHAKE_TIMEOUT, self._expired)
+        self.clock = self.factory.core.clock
+        self.budget, self.budget_host = self.factory.line_budget, self.host
+        self._timer = self.clock.callLater(HANDSHAKE_TIMEOUT, self._expired)
         self.factory.connections.add(self)
+        self.factory.by_host.add(self.host)
 
     def _expired(self) -> None:
         self._timer = None
@@ -73,10 +89,12 @@ class TrackerServerProtocol(LineOnlyReceiver):
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.connected = 0
+        BoundedLineReceiver.connectionLost(self, reason)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
         self.factory.connections.discard(self)
+        self.factory.by_host.remove(self.host)
         if self.sync is not None:
             self.sync.connection_lost()
         self.factory.core.connection_lost(self.conn)
@@ -87,9 +105,26 @@ class TrackerServerProtocol(LineOnlyReceiver):
             self._send(error_reply(None, "line_too_long", "line longer than %d bytes" % self.MAX_LENGTH))
         self.transport.loseConnection()
 
+    def lineBudgetExceeded(self) -> None:
+        log.warn("no room for a long line from {remote} ({host} bytes held for its address, {total} in all); "
+                 "closing", remote=self.conn.remote, host=self.factory.line_budget.by_host.get(self.host, 0),
+                 total=self.factory.line_budget.used)
+        if self.sync is None:
+            self._send(error_reply(None, "busy", "the tracker holds too many long lines; try again later"))
+        self.transport.loseConnection()
+
+    def lineDeadlineExceeded(self) -> None:
+        log.warn("a long line from {remote} took over {t} s; closing", remote=self.conn.remote,
+                 t=self.LONG_LINE_DEADLINE)
+        if self.sync is None:
+            self._send(error_reply(None, "line_timeout", "a line over 64 KiB must arrive within %d s"
+                                   % self.LONG_LINE_DEADLINE))
+        self.transport.loseConnection()
+
     def lineReceived(self, line: bytes) -> None:
         if self.sync is not None:
             self.sync.line_received(line)
+            self._sync_limits()
             return
         if self._timer is not None and self._timer.active():
             self._timer.reset(IDLE_TIMEOUT)
@@ -105,11 +140,11 @@ class TrackerServerProtocol(LineOnlyReceiver):
         if first and self.factory.mesh is not None and is_sync_hello(req):
             # Another tracker: from now on this connection is a sync channel.
             self.factory.connections.discard(self)
-            self.MAX_LENGTH = SYNC_MAX_LINE
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()        # the sync channel watches its own liveness
             self._timer = None
             self.sync = self.factory.mesh.adopt(self.transport, self.sendLine, self.conn.remote, req)
+            self._sync_limits()
             return
         if not isinstance(req, dict):
             self._send(error_reply(None, "bad_request", "a request must be a JSON object"))
@@ -127,6 +162,16 @@ class TrackerServerProtocol(LineOnlyReceiver):
         if not (isinstance(op, str) and op.isidentifier() and len(op) <= 40):
             op = repr(op)[:40]      # logged: no newlines or megabytes from the remote side
         d.addCallbacks(self._ok, self._failed, callbackArgs=(req_id, op), errbackArgs=(req_id, op))
+
+    def _sync_limits(self) -> None:
+        """Long sync lines only from a tracker that has proven the shared secret.
+
+        Until then the anonymous line limit stays, so a stranger's hello cannot
+        make the tracker buffer megabytes.
+        """
+        if self.sync.authenticated and self.MAX_LENGTH != SYNC_MAX_LINE:
+            self.MAX_LENGTH = SYNC_MAX_LINE
+            self.stop_budgeting()
 
     def _ok(self, result: dict, req_id, op) -> None:
         self.in_flight -= 1
@@ -158,10 +203,22 @@ class TrackerServerFactory(protocol.ServerFactory):
     protocol = TrackerServerProtocol
     noisy = False
 
-    def __init__(self, core, mesh=None) -> None:
+    def __init__(self, core, mesh=None, per_host: int = MAX_CONNECTIONS_PER_HOST,
+                 line_budget: Optional[LineBudget] = None) -> None:
         self.core = core
         self.mesh = mesh            # accepts sync connections from other trackers (None: refuse)
-        self.connections = set()
+        self.connections = set()    # client connections (not sync links)
+        self.per_host = per_host
+        self.by_host = HostCounts()         # every open connection, sync ones too
+        self.line_budget = line_budget or LineBudget(TOTAL_LINE_BUDGET, HOST_LINE_BUDGET)
+
+    def buildProtocol(self, addr):
+        host = str(getattr(addr, "host", "?"))
+        if self.by_host[host] >= self.per_host:
+            log.warn("refusing a connection from {host}: {n} already open from there", host=host,
+                     n=self.by_host[host])
+            return HangUp()
+        return protocol.ServerFactory.buildProtocol(self, addr)
 
     def disconnect_all(self) -> None:
         """Drop every client connection (tracker shutdown)."""
@@ -169,7 +226,7 @@ class TrackerServerFactory(protocol.ServerFactory):
             p.transport.loseConnection()
 
 
-class TrackerClientProtocol(LineOnlyReceiver):
+class TrackerClientProtocol(BoundedLineReceiver):
     """Client side: ``request(op, **args)`` returns a Deferred of the ``ok`` dict.
 
     A typed error reply fails the Deferred with :class:`MbtError` carrying the
@@ -228,6 +285,7 @@ class TrackerClientProtocol(LineOnlyReceiver):
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.connected = 0      # later request() calls fail at once instead of hanging
+        BoundedLineReceiver.connectionLost(self, reason)
         pending, self._pending = self._pending, {}
         for d in pending.values():
             if not d.called:
