@@ -75,8 +75,9 @@ def build_tracker(config):
         endpoint = server_endpoint(reactor, me.host, me.port, tls)
     else:
         endpoint = tracker_endpoint(me.host, me.port)
+    from mbt.trackerinfo import load_relays
     return TrackerService(endpoint, config["state-dir"], trackers=config["trackers"],
-                          number=config["no"], secret=secret, tls=tls)
+                          number=config["no"], secret=secret, tls=tls, relays=load_relays(config["info"]))
 
 
 def makeTrackerService(config) -> service.IService:

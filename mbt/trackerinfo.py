@@ -1,4 +1,8 @@
-"""Parse TRACKER_INFO: the list of every tracker, one ``IP:PORT`` or ``IP PORT`` a line."""
+"""Parse TRACKER_INFO: the list of every tracker, one ``IP:PORT`` or ``IP PORT`` a line.
+
+A line ``relay IP:PORT`` names an ``mbt-relay`` instead (for peers that cannot
+reach each other); relays are not trackers and do not count in tracker numbers.
+"""
 
 from __future__ import annotations
 
@@ -51,7 +55,7 @@ def parse_tracker_info(text: str, source: str = "TRACKER_INFO") -> List[TrackerA
     trackers = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
-        if not line:
+        if not line or line.split()[0] == "relay":
             continue
         try:
             host, port = parse_address(line)
@@ -63,14 +67,37 @@ def parse_tracker_info(text: str, source: str = "TRACKER_INFO") -> List[TrackerA
     return trackers
 
 
-def load_tracker_info(path: str) -> List[TrackerAddress]:
-    """Read and parse a tracker info file."""
+def parse_relays(text: str, source: str = "TRACKER_INFO") -> List[str]:
+    """The ``relay IP:PORT`` lines of a tracker info file, as ``IP:PORT`` strings."""
+    relays = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line or line.split()[0] != "relay":
+            continue
+        try:
+            host, port = parse_address(line[len("relay"):].strip())
+        except ValueError as e:
+            raise ConfigError("%s line %d: relay: %s (got %r)" % (source, lineno, e, raw.strip()))
+        relays.append("%s:%d" % (host, port))
+    return relays
+
+
+def _read(path: str) -> str:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read(1 << 20)
+            return f.read(1 << 20)
     except OSError as e:
         raise ConfigError("cannot read tracker info file %s: %s" % (path, e.strerror or e))
-    return parse_tracker_info(text, path)
+
+
+def load_tracker_info(path: str) -> List[TrackerAddress]:
+    """Read and parse a tracker info file."""
+    return parse_tracker_info(_read(path), path)
+
+
+def load_relays(path: str) -> List[str]:
+    """The relays a tracker info file lists (``relay IP:PORT`` lines)."""
+    return parse_relays(_read(path), path)
 
 
 def select_tracker(trackers: List[TrackerAddress], number: int, source: str = "TRACKER_INFO") -> TrackerAddress:

@@ -70,6 +70,7 @@ class TrackerServerProtocol(BoundedLineReceiver):
         peer = self.transport.getPeer()
         self.host = str(getattr(peer, "host", "?"))
         self.conn = Connection("%s:%s" % (self.host, getattr(peer, "port", "?")))
+        self.conn.push = self._send
         self.in_flight = 0
         self.sync = None            # the sync channel, if another tracker opened this connection
         self._first_line = True

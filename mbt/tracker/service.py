@@ -27,6 +27,7 @@ from mbt.throttle import LoginThrottle
 from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, TrackerUnavailable, check_file_name, check_id
 from mbt.manifest import HASH_HEX_LEN, Manifest
 from mbt.tracker.oplog import OpLog
+from mbt.tracker.reach import tcp_probe
 from mbt.tracker.replication import Replicator, Timing
 from mbt.tracker.state import TrackerState
 from mbt.trackerinfo import TrackerAddress, parse_address
@@ -43,7 +44,10 @@ class Connection:
         self.user: Optional[str] = None
         self.address: Optional[str] = None
         self.token: Optional[str] = None
+        self.session_key: Optional[str] = None   # the peer's session public key (mbt/2), hex
         self.closed = False
+        #: Sends an unsolicited message to this client (set by the protocol).
+        self.push: Callable[[dict], None] = lambda message: None
 
 
 def _str_arg(req: dict, key: str) -> str:
@@ -77,8 +81,15 @@ class TrackerCore:
     """
 
     def __init__(self, state: TrackerState, store, run_in_thread: Callable = threads.deferToThread,
-                 replicator: Optional[Replicator] = None, signing_key=None, clock=None) -> None:
+                 replicator: Optional[Replicator] = None, signing_key=None, clock=None,
+                 relays: Optional[List[str]] = None, probe: Optional[Callable] = None) -> None:
         self.state = state
+        #: Relays (``IP:PORT``) offered to peers that cannot reach each other.
+        self.relays: List[str] = list(relays or [])
+        #: ``probe(address) -> Deferred[bool]``: does something accept TCP there?
+        self.probe = probe
+        self.reachable: Dict[str, bool] = {}           # session id -> probe result
+        self._by_session: Dict[str, Connection] = {}   # local sessions' connections
         self.store = store
         self.run_in_thread = run_in_thread
         self.clock = clock or _default_clock()
@@ -111,6 +122,7 @@ class TrackerCore:
             "stop_share": (self.op_stop_share, True),
             "get_peers": (self.op_get_peers, True),
             "tracker_status": (self.op_tracker_status, False),
+            "connect_peer": (self.op_connect_peer, True),
         }
 
     @property
@@ -156,9 +168,11 @@ class TrackerCore:
         if conn.session_id is not None:
             self._close_session(conn)
             log.info("session of {user} ended (connection lost)", user=conn.user)
-        conn.session_id = conn.user = conn.token = conn.address = None
+        conn.session_id = conn.user = conn.token = conn.address = conn.session_key = None
 
     def _close_session(self, conn: Connection) -> None:
+        self.reachable.pop(conn.session_id, None)
+        self._by_session.pop(conn.session_id, None)
         self.state.close_session(conn.session_id)
         self.presence.closed(conn.session_id)
 
@@ -169,7 +183,9 @@ class TrackerCore:
     # -- operations -----------------------------------------------------
 
     def op_ping(self, conn: Connection, req: dict) -> dict:
-        return {}
+        # ``"time": true`` asks for the tracker's clock: peers judge tickets in
+        # tracker time (mbt.trackertime).
+        return {"time": self.clock.seconds()} if req.get("time") is True else {}
 
     def op_state_digest(self, conn: Connection, req: dict) -> dict:
         """A hash of the durable state and the log position: equal on trackers in sync."""
@@ -192,8 +208,13 @@ class TrackerCore:
                 and all(c in "0123456789abcdef" for c in file_hash)):
             raise InvalidArgument("file_hash must be 64 lowercase hex digits")
         self.state.file_by_hash(conn.user, group, file_hash)    # not_member / no_such_file
-        ticket, expires = tickets.make_ticket(self.signing_key, conn.user, group, file_hash,
-                                              conn.address, self.clock.seconds())
+        if conn.session_key is not None:
+            # mbt/2: the ticket names the session's key; the holder proves it in HELLO.
+            ticket, expires = tickets.make_key_ticket(self.signing_key, conn.user, group, file_hash,
+                                                      conn.session_key, self.clock.seconds())
+        else:
+            ticket, expires = tickets.make_ticket(self.signing_key, conn.user, group, file_hash,
+                                                  conn.address, self.clock.seconds())
         return {"ticket": ticket, "expires": expires}
 
     @defer.inlineCallbacks
@@ -217,6 +238,12 @@ class TrackerCore:
             parse_address(address)
         except ValueError as e:
             raise InvalidArgument("bad peer address %r: %s" % (address, e))
+        session_key = req.get("session_key")
+        if session_key is not None:
+            try:
+                tickets.check_session_key(session_key)
+            except MbtError:
+                raise InvalidArgument("session_key must be 64 lowercase hex digits (an Ed25519 public key)")
         if conn.user is not None:
             raise MbtError("already logged in as %s; logout first" % conn.user, "already_logged_in")
         client_host = conn.remote.rsplit(":", 1)[0]
@@ -238,9 +265,56 @@ class TrackerCore:
         conn.user = user
         conn.address = address
         conn.token = secrets.token_urlsafe(24)
+        conn.session_key = session_key
         session = self.state.open_session(conn.session_id, user, address)
         self.presence.opened(session)
-        return {"user": user, "token": conn.token}
+        self._by_session[conn.session_id] = conn
+        self._probe(conn.session_id, address)
+        return {"user": user, "token": conn.token, "time": self.clock.seconds()}
+
+    def _probe(self, session_id: str, address: str) -> None:
+        """Learn whether other peers can dial the address this session announced."""
+        if self.probe is None:
+            return
+
+        def learnt(ok):
+            if session_id in self._by_session:
+                self.reachable[session_id] = bool(ok)
+                log.info("peer address {a} is {r}", a=address, r="reachable" if ok else "not reachable")
+        self.probe(address).addCallbacks(learnt, lambda f: learnt(False))
+
+    def op_connect_peer(self, conn: Connection, req: dict) -> dict:
+        """Bring a connection about with a peer the caller cannot dial (``connect_peer``).
+
+        The target peer (``peer``: a session id from ``get_peers``) is told to
+        dial the caller (connect-back) when the caller accepts connections,
+        else to meet it at a relay. Either way the caller then sends its
+        HELLO, with ticket and proof, over that connection.
+        """
+        group = check_id("group id", req.get("group"))
+        file_hash = req.get("file_hash")
+        if not (isinstance(file_hash, str) and len(file_hash) == HASH_HEX_LEN):
+            raise InvalidArgument("file_hash must be 64 lowercase hex digits")
+        self.state.file_by_hash(conn.user, group, file_hash)    # not_member / no_such_file
+        target_id = req.get("peer")
+        target = self._by_session.get(target_id) if isinstance(target_id, str) else None
+        if target is None or target.session_id != target_id:
+            raise MbtError("that peer is not connected to this tracker", "no_such_peer")
+        token = secrets.token_urlsafe(24)
+        message = {"push": "dial", "token": token, "group": group, "file_hash": file_hash}
+        if self.reachable.get(conn.session_id):
+            message.update(via="connect-back", address=conn.address)
+        elif self.relays:
+            relay = self.relays[secrets.randbelow(len(self.relays))]
+            message.update(via="relay", relay=relay)
+        else:
+            raise MbtError("neither peer accepts connections and no relay is listed in TRACKER_INFO",
+                           "unreachable")
+        target.push(message)
+        reply = {"via": message["via"], "token": token}
+        if "relay" in message:
+            reply["relay"] = message["relay"]
+        return reply
 
     def op_logout(self, conn: Connection, req: dict) -> dict:
         user = conn.user
@@ -304,8 +378,12 @@ class TrackerCore:
                              "name": name})
 
     def op_get_peers(self, conn: Connection, req: dict) -> dict:
-        return self.state.get_peers(conn.user, req.get("group"), req.get("name"),
-                                    exclude_session=conn.session_id or "")
+        result = self.state.get_peers(conn.user, req.get("group"), req.get("name"),
+                                      exclude_session=conn.session_id or "")
+        for p in result["peers"]:
+            # True / False when this tracker dialled the peer's address; None: unknown.
+            p["reachable"] = self.reachable.get(p.get("peer"))
+        return result
 
 
 def default_state_dir(kind: str) -> str:
@@ -362,7 +440,8 @@ class TrackerService(service.Service):
 
     def __init__(self, endpoint: str, state_dir: str, reactor=None,
                  trackers: Optional[List[TrackerAddress]] = None, number: int = 1,
-                 secret: Optional[bytes] = None, timing: Optional[Timing] = None, tls=None) -> None:
+                 secret: Optional[bytes] = None, timing: Optional[Timing] = None, tls=None,
+                 relays: Optional[List[str]] = None) -> None:
         from mbt.tracker.store import SQLiteStore
         from mbt.protocols.sync import Mesh
         from mbt.protocols.tracker import TrackerServerFactory
@@ -379,7 +458,8 @@ class TrackerService(service.Service):
         others = [t.number for t in (trackers or []) if t.number != number]
         self.replicator = Replicator(number, others, state, OpLog(self.store), reactor, timing)
         self.core = TrackerCore(state, self.store, replicator=self.replicator,
-                                signing_key=tickets.signing_key_from_secret(secret), clock=reactor)
+                                signing_key=tickets.signing_key_from_secret(secret), clock=reactor,
+                                relays=relays, probe=lambda address: tcp_probe(reactor, address))
         self.loaded = self.core.load()
         self.mesh = Mesh(number, secret, self.replicator, reactor, trackers, tls=tls)
         self.factory = TrackerServerFactory(self.core, self.mesh)

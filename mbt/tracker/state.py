@@ -285,7 +285,7 @@ class TrackerState:
         # The asker's own peer is never listed, also not under an older session of
         # it that another tracker still mirrors (it reconnected after a failover).
         own = asker.address if asker is not None else None
-        peers = [{"user": s.user, "address": s.address}
+        peers = [{"user": s.user, "address": s.address, "peer": s.session_id}
                  for s in self._online_sharers((g.group_id, name))
                  if s.session_id != exclude_session and s.address != own]
         return {"manifest": entry.manifest.to_dict(), "peers": peers}
