@@ -1,14 +1,28 @@
-"""Seed-style front ends: ``mbt-tracker TRACKER_INFO N`` and ``mbt-client IP:PORT TRACKER_INFO``."""
+"""Seed-style front ends: ``mbt-tracker TRACKER_INFO N`` and ``mbt-client IP:PORT TRACKER_INFO``.
+
+Options come from :mod:`mbt.options` (shared with the twistd plugins), the
+services from :mod:`mbt.tap`; each process runs under :func:`task.react`
+until ``quit``, end of input (mbt-client) or SIGTERM/SIGINT.
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.protocols.basic import LineReceiver
+from twisted.python import usage
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mbt.errors import ConfigError
+from mbt.options import BadConfig, ClientCommandOptions, TrackerCommandOptions
+
+#: mbt-client waits at most this long for a clean stop (an unreachable tracker).
+CLIENT_STOP_TIMEOUT = 5.0
 
 
 def _start_logging(path: Optional[str] = None) -> None:
@@ -25,134 +39,171 @@ def _start_logging(path: Optional[str] = None) -> None:
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
-class _ArgParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(2, "error: %s\n" % message)
-
-
-def _install_signal_handlers(reactor, stop) -> None:
-    def handler(signum, frame):
-        reactor.callFromThread(stop)
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-def tracker_main(argv: Optional[List[str]] = None) -> int:
-    """``mbt-tracker TRACKER_INFO N [--state-dir DIR] [--secret-file PATH]``: run tracker N until ``quit``."""
-    ap = _ArgParser(prog="mbt-tracker", description="Run tracker N of TRACKER_INFO.")
-    ap.add_argument("info", metavar="TRACKER_INFO", help="file listing every tracker, IP:PORT per line")
-    ap.add_argument("no", metavar="N", type=int, help="which tracker this is (1-based line)")
-    ap.add_argument("--state-dir", help="database directory (default ~/.local/share/mbt/tracker-N)")
-    from mbt.peer.runner import add_tls_arguments
-    add_tls_arguments(ap)
-    ap.add_argument("--secret-file", help="the trackers' shared secret (default: .mbt-tracker-secret"
-                    " next to TRACKER_INFO, created if missing)")
-    ap.add_argument("--log-file", help="write the log here instead of stderr")
-    args = ap.parse_args(argv)
-
-    from mbt.tap import build_tracker, resolve_tracker
-    config = {"info": args.info, "no": args.no, "state-dir": args.state_dir,
-              "secret-file": args.secret_file, "tls-cert": args.tls_cert, "tls-key": args.tls_key,
-              "tls-ca": args.tls_ca}
+def parse(options: usage.Options, argv: Optional[List[str]]) -> usage.Options:
+    """Parse ``argv`` or exit 2 with one ``error:`` line (plus the usage for a wrong argument count)."""
     try:
-        resolve_tracker(config)
-        svc = build_tracker(config)
-    except ConfigError as e:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
         print("error: %s" % e, file=sys.stderr)
-        return 2
+        if not isinstance(e, BadConfig):   # a wrong argument or option, not a bad file
+            print("%s (--help for all options)" % options.synopsis, file=sys.stderr)
+        raise SystemExit(2)
+    return options
 
-    _start_logging(args.log_file)
-    from twisted.internet import defer, reactor, stdio
-    from twisted.internet.interfaces import IHalfCloseableProtocol
-    from twisted.protocols.basic import LineReceiver
-    from zope.interface import implementer
 
-    status = {"code": 0, "stopping": False}
-    consoles = []
+def _fail(message: str, code: int) -> None:
+    print("error: %s" % message, file=sys.stderr, flush=True)
+    raise SystemExit(code)
 
-    def close_console(_=None):
-        """Flush and close stdout (bounded), so the last lines (``bye``) are not lost."""
-        if not consoles or consoles[0].closed.called:
-            return None
-        console = consoles[0]
-        console.transport.loseConnection()
-        return console.closed.addTimeout(2, reactor)
 
-    def stop(code: int = 0) -> None:
-        if status["stopping"]:
-            return
-        status["stopping"] = True
-        status["code"] = code
-        d = defer.maybeDeferred(svc.stopService)
-        d.addBoth(close_console)
-        d.addBoth(lambda _: reactor.stop())
-
-    @implementer(IHalfCloseableProtocol)
-    class TrackerConsole(LineReceiver):
-        """The tracker's stdin: ``quit`` stops it; end of input does not."""
-        delimiter = b"\n"
-
-        def __init__(self) -> None:
-            self.closed = defer.Deferred()
-
-        def lineReceived(self, line: bytes) -> None:
-            cmd = line.decode("utf-8", "replace").strip()
-            if cmd == "quit":
-                self.sendLine(b"bye")
-                stop(0)
-            elif cmd:
-                self.sendLine(b"error: unknown command; the tracker understands: quit")
-
-        def readConnectionLost(self) -> None:
-            pass   # end of input: keep serving (and keep stdout open) until quit or a signal
-
-        def writeConnectionLost(self) -> None:
-            self._closed()
-
-        def connectionLost(self, reason=None) -> None:
-            self._closed()
-
-        def _closed(self) -> None:
-            if not self.closed.called:
-                self.closed.callback(None)
-
-    def started():
+@defer.inlineCallbacks
+def start(svc, ready: Callable[[], defer.Deferred], log_file: Optional[str]):
+    """Start ``svc`` and wait for ``ready()``; exit 2 for a ConfigError, 1 if it cannot serve."""
+    from mbt.tap import start_failure_message
+    try:
         svc.startService()
-
-        def ok(port):
-            h = port.getHost()
-            print("tracker %d listening on %s:%d; state in %s"
-                  % (args.no, h.host, h.port, svc.state_dir), flush=True)
-            if os.isatty(0):
-                print("type quit to stop", flush=True)
-
-        def failed(f):
-            print("error: cannot listen on %s: %s" % (config["address"], f.getErrorMessage()),
-                  file=sys.stderr, flush=True)
-            status["stopping"] = True
-            status["code"] = 1
-            svc.store.close()
-            reactor.stop()
-        svc.listening.addCallbacks(ok, failed)
-        try:
-            console = TrackerConsole()
-            stdio.StandardIO(console, reactor=reactor)
-            consoles.append(console)
-        except (OSError, ValueError):
-            pass   # no usable stdin: run until a signal
-
-    _install_signal_handlers(reactor, stop)
-    reactor.callWhenRunning(started)
-    reactor.run(installSignalHandlers=False)
-    return status["code"]
+    except ConfigError as e:
+        _fail(str(e), 2)
+    _start_logging(log_file)
+    try:
+        result = yield ready()
+    except Exception:
+        message = start_failure_message(Failure())
+        yield svc.stopService()
+        _fail(message, 1)
+    return result
 
 
-def client_main(argv: Optional[List[str]] = None) -> int:
-    """``mbt-client IP:PORT TRACKER_INFO [--state-dir DIR]``: a peer with its console on stdio."""
-    from mbt.peer.runner import run_client
-    return run_client(argv)
+# ---------------------------------------------------------------------------
+# mbt-tracker
+
+
+@implementer(IHalfCloseableProtocol)
+class TrackerConsole(LineReceiver):
+    """The tracker's stdin: ``quit`` stops it; end of input does not."""
+
+    delimiter = b"\n"
+
+    def __init__(self, on_quit: Callable[[], None]) -> None:
+        self.on_quit = on_quit
+        self.closed = defer.Deferred()
+
+    def lineReceived(self, line: bytes) -> None:
+        cmd = line.decode("utf-8", "replace").strip()
+        if cmd == "quit":
+            self.sendLine(b"bye")
+            self.on_quit()
+        elif cmd:
+            self.sendLine(b"error: unknown command; the tracker understands: quit")
+
+    def close(self, clock) -> defer.Deferred:
+        """Flush and close stdout (bounded), so the last line (``bye``) is not lost."""
+        if not self.closed.called:
+            self.transport.loseConnection()
+            self.closed.addTimeout(2, clock)
+        return self.closed
+
+    def readConnectionLost(self) -> None:
+        pass   # end of input: keep serving (and keep stdout open) until quit or a signal
+
+    def writeConnectionLost(self) -> None:
+        self._closed()
+
+    def connectionLost(self, reason=None) -> None:
+        self._closed()
+
+    def _closed(self) -> None:
+        if not self.closed.called:
+            self.closed.callback(None)
+
+
+def tracker_main(argv: Optional[List[str]] = None) -> None:
+    """``mbt-tracker TRACKER_INFO N [options]``: run tracker N until ``quit`` or a signal."""
+    config = parse(TrackerCommandOptions(), argv)
+    task.react(run_tracker, [config])
+
+
+@defer.inlineCallbacks
+def run_tracker(reactor, config):
+    """The tracker process: start, print where it listens, serve until ``quit`` or a signal."""
+    from twisted.internet import stdio
+    from mbt.tap import build_tracker
+    svc = build_tracker(config, reactor)
+    port = yield start(svc, lambda: svc.listening, config["log-file"])
+    h = port.getHost()
+    print("tracker %d listening on %s:%d; state in %s" % (config["no"], h.host, h.port, svc.state_dir),
+          flush=True)
+
+    done = defer.Deferred()
+    stopping = []
+
+    def stop():
+        """``quit``: stop the service, then let the console flush ``bye``, then exit 0."""
+        if stopping:
+            return
+        stopping.append(True)
+        d = defer.maybeDeferred(svc.stopService)
+        d.addBoth(lambda _: console.close(reactor).addErrback(lambda _: None)
+                  if console is not None else None)
+        d.addBoth(lambda _: done.callback(0))
+
+    def on_signal():
+        if not stopping:
+            stopping.append(True)
+            return svc.stopService()
+    reactor.addSystemEventTrigger("before", "shutdown", on_signal)
+    console = TrackerConsole(stop)
+    try:
+        stdio.StandardIO(console, reactor=reactor)
+        if os.isatty(0):
+            print("type quit to stop", flush=True)
+    except (OSError, ValueError):
+        console = None   # no usable stdin: run until a signal
+    code = yield done
+    return code
+
+
+# ---------------------------------------------------------------------------
+# mbt-client
+
+
+def client_main(argv: Optional[List[str]] = None) -> None:
+    """``mbt-client IP:PORT TRACKER_INFO [options]``: a peer with its console on stdio."""
+    config = parse(ClientCommandOptions(), argv)
+    task.react(run_client, [config])
+
+
+@defer.inlineCallbacks
+def run_client(reactor, config):
+    """The peer process: start, then run the stdio console until ``quit``, end of input or a signal."""
+    from twisted.internet import stdio
+    from mbt.protocols.console import StdioConsole
+    from mbt.tap import build_peer
+    svc = build_peer(config, reactor)
+    # The console owns stdout; the log goes to a file so it never garbles a reply.
+    node = yield start(svc, lambda: svc.started, config["log-file"])
+
+    done = defer.Deferred()
+    stopping = []
+
+    def stop():
+        if stopping:
+            return None
+        stopping.append(True)
+        # Never hang on the way out (an unreachable tracker): CLIENT_STOP_TIMEOUT at most.
+        d = defer.maybeDeferred(svc.stopService).addTimeout(CLIENT_STOP_TIMEOUT, reactor)
+        d.addErrback(lambda _: None)
+        d.addBoth(lambda _: done.callback(0) if not done.called else None)
+        return d
+
+    reactor.addSystemEventTrigger("before", "shutdown", stop)
+    banner = "mbt peer %s - type help for commands" % node.address
+    if svc.web is not None:
+        banner = "web page: %s\n%s" % (svc.web[1], banner)
+    stdio.StandardIO(StdioConsole(svc.commands, banner, stop), reactor=reactor)
+    code = yield done
+    return code
 
 
 if __name__ == "__main__":
-    sys.exit(tracker_main())
+    tracker_main()

@@ -1,9 +1,22 @@
-"""twistd plugins: ``Options`` and ``makeService`` for the tracker and the peer."""
+"""The tracker and the peer as services: ``makeService(config, reactor=reactor)``.
+
+``config`` is a parsed option object from :mod:`mbt.options` (either front
+end's). Building a service has no side effects; the state dir, its lock, the
+database and the shared secret are opened when the service starts. The twistd
+plugin modules (:mod:`mbt.tap_tracker`, :mod:`mbt.tap_peer`) wrap these in
+:class:`TwistdService` so a configuration error at start is one ``error:`` line.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import Callable, Optional
+
 from twisted.application import service
-from twisted.python import usage
+from twisted.internet import defer
+from twisted.internet import error as net_error
+from twisted.python.failure import Failure
 
 from mbt.errors import ConfigError
 
@@ -14,135 +27,133 @@ def tracker_endpoint(host: str, port: int) -> str:
     return "tcp:%d:interface=%s" % (port, host)
 
 
-class TrackerOptions(usage.Options):
-    """``twistd mbt-tracker --info TRACKER_INFO --no N [--state-dir DIR] [--secret-file PATH]``."""
-
-    synopsis = "--info TRACKER_INFO --no N [--state-dir DIR] [--secret-file PATH]"
-    optParameters = [
-        ["info", "i", "tracker_info.txt", "file listing every tracker (IP:PORT per line)"],
-        ["no", "n", None, "which tracker this is: 1-based line of the info file"],
-        ["state-dir", "s", None, "where the tracker keeps its database "
-         "(default ~/.local/share/mbt/tracker-N)"],
-        ["secret-file", None, None, "the trackers' shared secret (default: .mbt-tracker-secret "
-         "next to the info file, created if missing)"],
-        ["tls-cert", None, None, "this tracker's certificate (PEM); turns TLS on with the two below"],
-        ["tls-key", None, None, "its private key (PEM)"],
-        ["tls-ca", None, None, "CA certificate the trackers we dial must chain to (PEM)"],
-    ]
-
-    def postOptions(self) -> None:
-        if self["no"] is None:
-            raise usage.UsageError("--no N is required (which line of the tracker info file)")
-        try:
-            self["no"] = int(self["no"])
-        except ValueError:
-            raise usage.UsageError("--no must be a number, got %r" % self["no"])
-        try:
-            resolve_tracker(self)
-        except ConfigError as e:
-            raise usage.UsageError(str(e))
-
-
-def resolve_tracker(config) -> None:
-    """Fill ``config['address']``, ``config['trackers']`` and ``config['state-dir']`` from the info file."""
-    from mbt.trackerinfo import load_tracker_info, select_tracker
-    from mbt.tracker.service import default_state_dir
-    trackers = load_tracker_info(config["info"])
-    me = select_tracker(trackers, config["no"], config["info"])
-    config["address"] = me
-    config["trackers"] = trackers
-    from mbt.tls import TLSConfig
-    config["tls"] = TLSConfig(config.get("tls-cert"), config.get("tls-key"), config.get("tls-ca")).check()
-    if not config.get("state-dir"):
-        config["state-dir"] = default_state_dir("tracker-%d" % config["no"])
-
-
-def build_tracker(config):
-    """The TrackerService a resolved config describes (shared secret loaded or created).
-
-    Raises ConfigError for an unusable secret file or state dir.
-    """
-    from mbt.tracker.secret import default_secret_path, load_or_create_secret
+def build_tracker(config, reactor=None):
+    """The TrackerService a parsed tracker config describes (nothing opened yet)."""
+    from mbt.tracker.secret import default_secret_path
     from mbt.tracker.service import TrackerService
+    from mbt.tls import server_endpoint
+    if reactor is None:
+        from twisted.internet import reactor
     me = config["address"]
-    secret_file = config.get("secret-file")
-    secret = load_or_create_secret(secret_file or default_secret_path(config["info"]),
-                                   create=not secret_file)
     tls = config.get("tls")
     if tls is not None and tls.enabled:
-        from twisted.internet import reactor
-        from mbt.tls import server_endpoint
         endpoint = server_endpoint(reactor, me.host, me.port, tls)
     else:
         endpoint = tracker_endpoint(me.host, me.port)
-    from mbt.trackerinfo import load_relays
-    return TrackerService(endpoint, config["state-dir"], trackers=config["trackers"],
-                          number=config["no"], secret=secret, tls=tls, relays=load_relays(config["info"]))
+    secret_file = config.get("secret-file")
+    return TrackerService(endpoint, config["state-dir"], reactor=reactor, trackers=config["trackers"],
+                          number=config["no"], tls=tls,
+                          secret_file=secret_file or default_secret_path(config["info"]),
+                          create_secret=not secret_file, relays=config.get("relays"))
 
 
-def makeTrackerService(config) -> service.IService:
-    """The tracker as a twistd service."""
-    try:
-        svc = build_tracker(config)
-    except ConfigError as e:
-        raise SystemExit("error: %s" % e)
-    top = service.MultiService()
-    svc.setServiceParent(top)
+def build_peer(config, reactor=None, kind=None):
+    """The PeerService (or ``kind``) a parsed peer config describes (nothing opened yet).
+
+    Its telnet console and manhole are those of ``config`` if it has them
+    (``twistd mbt-peer``); ``mbt-client`` runs its console on stdio instead.
+    """
+    from mbt.peer.runner import PeerService
+    return (kind or PeerService)(config["address"], config["trackers"], config["state-dir"],
+                       config.get("console"), config.get("manhole"), reactor=reactor,
+                       upload_rate=config["upload-rate"], tls=config["tls"], web=config["web"])
+
+
+def makeTrackerService(config, reactor=None) -> service.IService:
+    """``twistd mbt-tracker``: the tracker under a :class:`TwistdService`."""
+    tracker = build_tracker(config, reactor)
+    return twistd_service(tracker, config, lambda: tracker.listening, reactor)
+
+
+def makePeerService(config, reactor=None) -> service.IService:
+    """``twistd mbt-peer``: the peer under a :class:`TwistdService`."""
+    peer = build_peer(config, reactor)
+    if config["web"]:
+        peer.started.addCallback(_print_web_url, peer)
+    return twistd_service(peer, config, lambda: peer.started, reactor)
+
+
+def _print_web_url(node, peer):
+    print("web page: %s" % peer.web[1], flush=True)
+    return node
+
+
+class TwistdService(service.MultiService):
+    """twistd's top service: a process that cannot start says why in one ``error:`` line.
+
+    A ConfigError at start (a state dir in use, an unreadable secret file) or
+    a port that cannot be listened on ends twistd with that line and exit
+    status 1 instead of a traceback (or, for the port, a process that runs
+    on without serving). twistd has written its pid file by then and removes
+    it only for an ``Exception``, not for ``SystemExit``: this does it.
+
+    ``ready()`` gives the child's "serving now" Deferred once it has started;
+    with TCP and TLS endpoints it has fired by the time ``startService``
+    returns. Should it fire later and fail, the reactor is stopped.
+    """
+
+    def __init__(self, pidfile: Optional[str] = None,
+                 ready: Optional[Callable[[], defer.Deferred]] = None, reactor=None) -> None:
+        service.MultiService.__init__(self)
+        self.pidfile = pidfile
+        self._ready = ready
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        try:
+            service.MultiService.startService(self)
+        except ConfigError as e:
+            self._exit(str(e))
+        if self._ready is None:
+            return
+        failed: list = []
+        starting = [True]
+
+        def on_failure(f: Failure) -> None:
+            if starting:
+                failed.append(f)
+                return
+            # Failed later, while the reactor runs.
+            print("error: %s" % start_failure_message(f), file=sys.stderr, flush=True)
+            reactor = self._reactor
+            if reactor is None:
+                from twisted.internet import reactor
+            reactor.stop()
+        self._ready().addErrback(on_failure)
+        starting.clear()
+        if failed:
+            self._exit(start_failure_message(failed[0]))
+
+    def _exit(self, message: str) -> None:
+        if self.pidfile:
+            try:
+                os.unlink(self.pidfile)
+            except OSError:
+                pass
+        raise SystemExit("error: %s" % message)
+
+
+def twistd_service(child, config=None, ready=None, reactor=None) -> service.IService:
+    """``child`` under a :class:`TwistdService` (which knows twistd's pid file from ``config``)."""
+    parent = getattr(config, "parent", None)
+    top = TwistdService(parent.get("pidfile") if parent is not None else None, ready, reactor)
+    child.setServiceParent(top)
     return top
 
 
-class PeerOptions(usage.Options):
-    """``twistd mbt-peer --address IP:PORT --info TRACKER_INFO --console ENDPOINT ...``."""
-
-    synopsis = ("--address IP:PORT --info TRACKER_INFO --console tcp:PORT:interface=127.0.0.1"
-                " [--manhole tcp:PORT:interface=127.0.0.1] [--state-dir DIR]")
-    optParameters = [
-        ["address", "a", None, "IP:PORT where this peer serves pieces"],
-        ["info", "i", "tracker_info.txt", "file listing every tracker"],
-        ["console", "c", None, "endpoint of the telnet command console, e.g. tcp:7100:interface=127.0.0.1"],
-        ["manhole", "m", None, "endpoint of a password-protected Python shell (off by default)"],
-        ["web", "w", None, "endpoint of the web page, e.g. tcp:8080 (loopback unless interface= is given)"
-         " or ssl:8443:privateKey=KEY:certKey=CERT (off by default)"],
-        ["state-dir", "s", None, "where the peer keeps shares and downloads"],
-        ["upload-rate", "u", None, "cap on all uploads, e.g. 25M (bytes/s; 0 = none;"
-         " default: the last 'set upload_rate', else none)"],
-        ["tls-cert", None, None, "this peer's certificate (PEM); turns TLS on with the two below"],
-        ["tls-key", None, None, "its private key (PEM)"],
-        ["tls-ca", None, None, "CA certificate every server must chain to (PEM)"],
-    ]
-
-    def postOptions(self) -> None:
-        if not self["address"]:
-            raise usage.UsageError("--address IP:PORT is required")
-        if not self["console"]:
-            raise usage.UsageError("--console ENDPOINT is required (e.g. tcp:7100:interface=127.0.0.1)")
-        from mbt.peer.ratelimit import parse_rate
-        from mbt.tls import TLSConfig
-        try:
-            if self["upload-rate"] is not None:
-                self["upload-rate"] = parse_rate(self["upload-rate"])
-        except ValueError as e:
-            raise usage.UsageError("--upload-rate: %s" % e)
-        try:
-            self["tls"] = TLSConfig(self["tls-cert"], self["tls-key"], self["tls-ca"]).check()
-        except ConfigError as e:
-            raise usage.UsageError(str(e))
-        if self["web"]:
-            from mbt.web.server import normalize_endpoint
-            self["web"] = normalize_endpoint(self["web"])
-        for key in ("console", "manhole"):
-            ep = self[key]
-            if ep and ep.startswith("tcp:") and "interface=" not in ep:
-                # A console or shell into the peer never listens beyond this machine by default.
-                self[key] = ep + ":interface=127.0.0.1"
+def start_failure_message(failure: Failure) -> str:
+    """Why a tracker or peer could not start, said once: ``cannot listen on H:P: address already in use``."""
+    err = failure.value
+    if isinstance(err, net_error.CannotListenError):
+        host = err.interface or "0.0.0.0"
+        return "cannot listen on %s:%s: %s" % (host, err.port, listen_failure_reason(failure))
+    return "cannot start: %s" % (getattr(err, "strerror", None) or failure.getErrorMessage())
 
 
-def makePeerService(config) -> service.IService:
-    """The peer as a twistd service."""
-    from mbt.peer.runner import PeerService
-    try:
-        return PeerService(config["address"], config["info"], config["state-dir"],
-                           config["console"], config["manhole"], upload_rate=config["upload-rate"],
-                           tls=config["tls"], web=config["web"])
-    except ConfigError as e:
-        raise SystemExit("error: %s" % e)
+def listen_failure_reason(failure: Failure) -> str:
+    """Why listening failed, said once: ``address already in use``, not Twisted's whole sentence."""
+    err = failure.value
+    if isinstance(err, net_error.CannotListenError) and err.socketError is not None:
+        reason = getattr(err.socketError, "strerror", None) or str(err.socketError)
+        return reason[:1].lower() + reason[1:]
+    return getattr(err, "strerror", None) or failure.getErrorMessage()

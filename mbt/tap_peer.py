@@ -1,5 +1,6 @@
 """twistd plugin module for ``mbt-peer`` (``Options`` + ``makeService``)."""
 
-from mbt.tap import PeerOptions as Options, makePeerService as makeService
+from mbt.options import PeerOptions as Options
+from mbt.tap import makePeerService as makeService
 
 __all__ = ["Options", "makeService"]

@@ -194,8 +194,10 @@ def test_state_survives_a_restart_but_sessions_do_not(services):
 @pytest_twisted.inlineCallbacks
 def test_a_second_tracker_on_the_same_state_dir_is_refused(services, tmp_path):
     svc = yield services.start()
+    second = TrackerService("tcp:0:interface=127.0.0.1", str(tmp_path / "state"))
     with pytest.raises(ConfigError, match="in use by another mbt process"):
-        TrackerService("tcp:0:interface=127.0.0.1", str(tmp_path / "state"))
+        second.startService()
+    assert not second.running
     # The first one is unharmed, and the dir is free again once it stops.
     c = yield connect(services, svc)
     assert (yield c.request("ping")) == {}
@@ -205,6 +207,7 @@ def test_a_second_tracker_on_the_same_state_dir_is_refused(services, tmp_path):
 
 def test_state_dir_and_database_are_private(tmp_path):
     svc = TrackerService("tcp:0:interface=127.0.0.1", str(tmp_path / "state"))
+    svc.open()
     try:
         assert os.stat(tmp_path / "state").st_mode & 0o777 == 0o700
         assert os.stat(tmp_path / "state" / "tracker.sqlite3").st_mode & 0o777 == 0o600

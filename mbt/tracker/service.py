@@ -434,39 +434,72 @@ class TrackerService(service.Service):
 
     ``trackers`` is the parsed TRACKER_INFO and ``number`` this tracker's line
     in it; without them the tracker is alone (it serves at once). ``secret``
-    authenticates the sync channel and seeds the ticket key (default: random,
-    which is only useful for a lone tracker).
+    authenticates the sync channel and seeds the ticket key; without it, it is
+    read from ``secret_file`` (created there first if ``create_secret``), and
+    without either it is random, which is only useful for a lone tracker.
+
+    Building the service touches nothing: :meth:`startService` creates and
+    locks the state dir, opens the database and replays it (raising
+    ConfigError if it cannot), then listens; ``listening`` fires with the port.
     """
 
-    def __init__(self, endpoint: str, state_dir: str, reactor=None,
+    def __init__(self, endpoint, state_dir: str, reactor=None,
                  trackers: Optional[List[TrackerAddress]] = None, number: int = 1,
                  secret: Optional[bytes] = None, timing: Optional[Timing] = None, tls=None,
-                 relays: Optional[List[str]] = None) -> None:
-        from mbt.tracker.store import SQLiteStore
-        from mbt.protocols.sync import Mesh
-        from mbt.protocols.tracker import TrackerServerFactory
+                 relays: Optional[List[str]] = None,
+                 secret_file: Optional[str] = None, create_secret: bool = False) -> None:
         if reactor is None:
             from twisted.internet import reactor as _r
             reactor = _r
         self._reactor = reactor
         self.number = number
-        self.state_dir = ensure_state_dir(state_dir)
-        self.lock = StateDirLock(self.state_dir)
-        self.store = SQLiteStore(os.path.join(self.state_dir, "tracker.sqlite3"))
-        secret = secret if secret is not None else secrets.token_bytes(32)
-        state = TrackerState()
-        others = [t.number for t in (trackers or []) if t.number != number]
-        self.replicator = Replicator(number, others, state, OpLog(self.store), reactor, timing)
-        self.core = TrackerCore(state, self.store, replicator=self.replicator,
-                                signing_key=tickets.signing_key_from_secret(secret), clock=reactor,
-                                relays=relays, probe=lambda address: tcp_probe(reactor, address))
-        self.loaded = self.core.load()
-        self.mesh = Mesh(number, secret, self.replicator, reactor, trackers, tls=tls)
-        self.factory = TrackerServerFactory(self.core, self.mesh)
+        self.state_dir = os.path.abspath(os.path.expanduser(state_dir))
+        self.trackers = trackers
+        self.relays = relays
         self.endpoint = endpoint
+        self.tls = tls
+        self.timing = timing
+        self._secret = secret
+        self.secret_file = secret_file
+        self.create_secret = create_secret
+        self.lock = self.store = self.core = self.replicator = self.mesh = self.factory = None
+        self.loaded = 0
         self.port = None
+        self.listening: Optional[defer.Deferred] = None
+
+    def open(self) -> None:
+        """Create and lock the state dir, open the database and replay it (ConfigError if unusable)."""
+        from mbt.tracker.secret import load_or_create_secret
+        from mbt.tracker.store import SQLiteStore
+        from mbt.protocols.sync import Mesh
+        from mbt.protocols.tracker import TrackerServerFactory
+        secret = self._secret
+        if secret is None and self.secret_file:
+            secret = load_or_create_secret(self.secret_file, create=self.create_secret)
+        if secret is None:
+            secret = secrets.token_bytes(32)
+        self.state_dir = ensure_state_dir(self.state_dir)
+        self.lock = StateDirLock(self.state_dir)
+        try:
+            self.store = SQLiteStore(os.path.join(self.state_dir, "tracker.sqlite3"))
+            state = TrackerState()
+            number, reactor = self.number, self._reactor
+            others = [t.number for t in (self.trackers or []) if t.number != number]
+            self.replicator = Replicator(number, others, state, OpLog(self.store), reactor, self.timing)
+            self.core = TrackerCore(state, self.store, replicator=self.replicator,
+                                    signing_key=tickets.signing_key_from_secret(secret), clock=reactor,
+                                    relays=self.relays, probe=lambda address: tcp_probe(reactor, address))
+            self.loaded = self.core.load()
+        except BaseException:
+            if self.store is not None:
+                self.store.close()
+            self.lock.release()
+            raise
+        self.mesh = Mesh(number, secret, self.replicator, reactor, self.trackers, tls=self.tls)
+        self.factory = TrackerServerFactory(self.core, self.mesh)
 
     def startService(self) -> None:
+        self.open()
         service.Service.startService(self)
         from twisted.internet import endpoints
         # A string (tests, plain TCP) or a ready endpoint (TLS, from mbt.tls).
@@ -491,9 +524,12 @@ class TrackerService(service.Service):
         d = defer.maybeDeferred(self.port.stopListening) if self.port is not None else defer.succeed(None)
 
         def close(_):
-            self.mesh.stop()
-            self.replicator.stop()
-            self.factory.disconnect_all()
-            self.store.close()
-            self.lock.release()
+            if self.mesh is not None:
+                self.mesh.stop()
+                self.replicator.stop()
+                self.factory.disconnect_all()
+            if self.store is not None:
+                self.store.close()
+            if self.lock is not None:
+                self.lock.release()
         return d.addBoth(close)
