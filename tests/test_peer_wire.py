@@ -26,7 +26,7 @@ from mbt.errors import MbtError
 from mbt.manifest import MAX_FILE_SIZE, PIECE_SIZE, Manifest, hash_file, piece_count
 from mbt.peer.serving import Servable
 from mbt.peer.storage import PieceFile, bitfield_hex
-from mbt.protocols.peer import (HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE_INTERVAL, MAX_BLOCK,
+from mbt.protocols.peer import (HANDSHAKE_TIMEOUT, HELLO_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE_INTERVAL, MAX_BLOCK,
                                 MAX_QUEUED_REQUESTS, PeerClientProtocol, PeerServerFactory, PeerServerProtocol,
                                 UploadSlots)
 
@@ -260,7 +260,7 @@ def test_second_hello_closes(ready_conn, servable):
 
 def test_handshake_timeout_closes(make_conn, servable, clock):
     conn = make_conn(FakeNode(servable))
-    clock.advance(HANDSHAKE_TIMEOUT - 0.01)
+    clock.advance(HELLO_TIMEOUT - 0.01)
     assert not conn.closed
     clock.advance(0.02)
     assert conn.closed

@@ -25,7 +25,7 @@ Server -> downloader::
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional
+from typing import Dict, Optional
 
 from twisted.internet import interfaces, main, protocol, tcp
 from twisted.logger import Logger
@@ -35,6 +35,7 @@ from zope.interface import implementer
 from mbt.errors import MbtError
 from mbt.manifest import MAX_FILE_SIZE, piece_count
 from mbt.peer.storage import bitfield_hex, parse_bitfield
+from mbt.protocols.limits import HangUp, HostCounts
 
 log = Logger(namespace="mbt.peer.wire")
 
@@ -49,6 +50,15 @@ TRANSPORT_BUFFER = 1024 * 1024
 #: Connections a peer serves at once, in all and from one IP address.
 MAX_CONNECTIONS = 1024
 MAX_CONNECTIONS_PER_HOST = 64
+#: Connections whose HELLO has not been accepted yet (no valid ticket shown),
+#: in all and from one IP address. The rest of MAX_CONNECTIONS is kept for
+#: downloaders that showed a ticket; when all MAX_PENDING are taken, a new
+#: connection pushes out the oldest one still without a HELLO.
+MAX_PENDING = 128
+MAX_PENDING_PER_HOST = 8
+#: Seconds a server gives a new connection to send its HELLO (a downloader
+#: sends it at once), and seconds a downloader waits for the answer.
+HELLO_TIMEOUT = 5.0
 HANDSHAKE_TIMEOUT = 15.0
 IDLE_TIMEOUT = 120.0
 KEEPALIVE_INTERVAL = 30.0
@@ -100,14 +110,14 @@ class PeerServerProtocol(LineReceiver):
         peer = self.transport.getPeer()
         self.remote = "%s:%s" % (getattr(peer, "host", "?"), getattr(peer, "port", "?"))
         clock = self.factory.clock
-        self._timeout = clock.callLater(HANDSHAKE_TIMEOUT, self._expired)
+        self._timeout = clock.callLater(HELLO_TIMEOUT, self._expired)
         self._keepalive = None
         self.transport.registerProducer(self, True)
-        self.factory.connections.add(self)
+        self.factory.opened(self)
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.connected = 0      # Twisted leaves it set; our senders check it
-        self.factory.connections.discard(self)
+        self.factory.closed(self)
         for t in (self._timeout, self._keepalive, self._expiry):
             if t is not None and t.active():
                 t.cancel()
@@ -153,6 +163,8 @@ class PeerServerProtocol(LineReceiver):
     # -- messages ----------------------------------------------------------
 
     def lineReceived(self, line: bytes) -> None:
+        if self.transport.disconnecting:
+            return          # closed (e.g. pushed out before its HELLO): nothing more is read
         try:
             text = line.rstrip(b"\r").decode("ascii")
         except UnicodeDecodeError:
@@ -191,6 +203,7 @@ class PeerServerProtocol(LineReceiver):
             return self._close("refused HELLO: %s" % e.message)
         self.servable = servable
         self.user = user
+        self.factory.hello_accepted(self)
         self._set_ticket_expiry(self.factory.node.ticket_expires(ticket))
         self._timeout.reset(IDLE_TIMEOUT)
         self._keepalive = self.factory.clock.callLater(KEEPALIVE_INTERVAL, self._ping)
@@ -301,13 +314,6 @@ class PeerServerProtocol(LineReceiver):
             self._close(reason)
 
 
-class _HangUp(protocol.Protocol):
-    """Closes a connection over a cap as soon as it is made."""
-
-    def connectionMade(self) -> None:
-        self.transport.loseConnection()
-
-
 class UploadSlots:
     """Bounds how many downloaders are served at once; the rest wait choked."""
 
@@ -349,16 +355,56 @@ class PeerServerFactory(protocol.ServerFactory):
         self.limiter = limiter
         self.connections = set()
         self.uploaded = 0
+        self.by_host = HostCounts()
+        #: Connections without an accepted HELLO, oldest first.
+        self.pending: "OrderedDict[PeerServerProtocol, None]" = OrderedDict()
+        self.pending_by_host = HostCounts()
+        self._hosts: Dict[PeerServerProtocol, str] = {}
 
     def buildProtocol(self, addr):
-        host = getattr(addr, "host", None)
-        same_host = sum(1 for c in self.connections if c.remote.rsplit(":", 1)[0] == host)
-        if len(self.connections) >= MAX_CONNECTIONS or same_host >= MAX_CONNECTIONS_PER_HOST:
-            log.warn("refusing a connection from {host}: {n} open from there, {total} in all",
-                     host=host, n=same_host, total=len(self.connections))
-            # A protocol that hangs up at once (returning None upsets TLS wrappers).
-            return _HangUp()
+        host = str(getattr(addr, "host", None))
+        why = None
+        if self.by_host[host] >= MAX_CONNECTIONS_PER_HOST:
+            why = "%d connections open from there" % self.by_host[host]
+        elif self.pending_by_host[host] >= MAX_PENDING_PER_HOST:
+            why = "%d connections from there have not sent HELLO" % self.pending_by_host[host]
+        elif len(self.connections) >= MAX_CONNECTIONS:
+            why = "%d connections open" % len(self.connections)
+        if why is not None:
+            log.warn("refusing a connection from {host}: {why}", host=host, why=why)
+            return HangUp()
+        if len(self.pending) >= MAX_PENDING:
+            oldest = next(iter(self.pending))
+            self._settle(oldest)
+            oldest._close("pushed out: %d connections without HELLO" % MAX_PENDING)
         return protocol.ServerFactory.buildProtocol(self, addr)
+
+    def opened(self, conn: "PeerServerProtocol") -> None:
+        """A connection is open; it counts as pending until its HELLO is accepted."""
+        host = conn.remote.rsplit(":", 1)[0]
+        self.connections.add(conn)
+        self._hosts[conn] = host
+        self.by_host.add(host)
+        self.pending[conn] = None
+        self.pending_by_host.add(host)
+
+    def hello_accepted(self, conn: "PeerServerProtocol") -> None:
+        """``conn`` showed a valid ticket: it now uses the reserve, not the pending pool."""
+        self._settle(conn)
+
+    def closed(self, conn: "PeerServerProtocol") -> None:
+        """A connection closed."""
+        self._settle(conn)
+        self.connections.discard(conn)
+        host = self._hosts.pop(conn, None)
+        if host is not None:
+            self.by_host.remove(host)
+
+    def _settle(self, conn: "PeerServerProtocol") -> None:
+        """``conn`` no longer waits for its HELLO (accepted, pushed out or closed)."""
+        if conn in self.pending:
+            del self.pending[conn]
+            self.pending_by_host.remove(self._hosts[conn])
 
     def refuse_all(self, reason: str, predicate=lambda conn: True) -> None:
         """Close every serving connection matching ``predicate``."""
