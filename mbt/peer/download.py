@@ -28,7 +28,7 @@ from mbt.peer.picker import BlockRequest, PiecePicker
 from mbt.peer.ratelimit import RateMeter
 from mbt.peer.serving import Servable
 from mbt.peer.shares import DownloadRecord
-from mbt.peer.storage import PieceFile
+from mbt.peer.storage import PieceFile, UnsafePartFile
 from mbt.protocols.peer import PROTOCOL_VERSION, PeerClientProtocol
 from mbt.tls import client_endpoint
 from mbt.trackerinfo import parse_address
@@ -243,9 +243,18 @@ class Download:
         self.running = True
         self.started_at = self.last_peer_time = self.now()
         self.meter.restart()
+        if self.piece_file is not None and not self.piece_file.is_at():
+            # Paused with the file open, and meanwhile something else was put at
+            # its path (a symlink to another file...): never write or link that.
+            self.fail("%s was replaced or removed while the download was paused; nothing saved"
+                      % self.record.part_path)
+            return
         if self.piece_file is None:
             try:
                 self.piece_file = PieceFile(self.record.part_path, self.manifest, writable=True)
+            except UnsafePartFile as e:
+                self.fail("refusing %s" % e.strerror)
+                return
             except OSError as e:
                 self.fail("cannot write %s: %s" % (self.record.part_path, e.strerror or e))
                 return
@@ -313,10 +322,12 @@ class Download:
     def _close_storage(self, remove_part: bool) -> None:
         if self.servable is not None:
             self.node.unregister_servable(self.servable)
+        # Only our own .part file is removed, never what someone put at its path.
+        ours = self.piece_file is not None and self.piece_file.is_at()
         if self.piece_file is not None:
             self.piece_file.close()
             self.piece_file = None
-        if remove_part:
+        if remove_part and ours:
             try:
                 os.unlink(self.record.part_path)
             except OSError:
@@ -649,20 +660,25 @@ class Download:
         if digest != self.manifest.file_hash:
             self.fail("whole-file hash mismatch; nothing saved")
             return
+        if not self.piece_file.is_at():
+            self.fail("%s was replaced or removed during the download; nothing saved" % self.record.part_path)
+            return
         try:
-            # link() refuses to replace an existing file: the destination is never
-            # overwritten, even if something appeared there during the download.
-            os.link(self.record.part_path, self.record.dest)
+            # The verified file itself is linked (not whatever its path names by
+            # now), and link() never replaces anything: the destination, even a
+            # symlink that appeared there during the download, is never overwritten.
+            self.piece_file.publish(self.record.dest)
         except FileExistsError:
             self.fail("%s appeared during the download; not overwritten" % self.record.dest)
             return
         except OSError as e:
             self.fail("cannot create %s: %s" % (self.record.dest, e.strerror or e))
             return
-        try:
-            os.unlink(self.record.part_path)
-        except OSError:
-            pass
+        if self.piece_file.is_at():
+            try:
+                os.unlink(self.record.part_path)
+            except OSError:
+                pass
         self.status = "C"
         self.record.status = "C"
         self.record.have = []

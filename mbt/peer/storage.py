@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from typing import Iterable, List, Optional, Set
 
 from mbt.manifest import Manifest
@@ -41,19 +42,119 @@ def parse_bitfield(text: str, count: int) -> Set[int]:
     return have
 
 
+#: Mode of a ``.part`` file while it is incomplete: owner only. Its bytes are
+#: unverified and belong to a group others on this machine need not see; the
+#: finished file gets the mode any new file of the user gets (0666 & ~umask).
+PART_MODE = 0o600
+
+
+class UnsafePartFile(OSError):
+    """The ``.part`` path is not a plain file of ours (a symlink, a hard link, another owner's...)."""
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` would race with threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)      # no /proc: the brief change is to a stricter mask only
+    os.umask(mask)
+    return mask
+
+
+def _open_part(path: str) -> int:
+    """Open (or create, exclusively) a ``.part`` file without following a symlink; check it is ours."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK     # NONBLOCK: a FIFO cannot stall us
+    try:
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, PART_MODE)
+    except OSError as e:
+        if os.path.islink(path):
+            raise UnsafePartFile(e.errno, "%s: it is a symbolic link (not followed)" % path)
+        raise
+    try:
+        st = os.fstat(fd)
+        why = None
+        if not stat.S_ISREG(st.st_mode):
+            why = "is not a regular file"
+        elif st.st_uid != os.geteuid():
+            why = "belongs to another user"
+        elif st.st_nlink != 1:
+            why = "has other hard links"
+        if why is not None:
+            raise UnsafePartFile(0, "%s: it %s" % (path, why))
+        if stat.S_IMODE(st.st_mode) != PART_MODE:
+            os.fchmod(fd, PART_MODE)        # e.g. left 0644 by an older mbt
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class PieceFile:
-    """One file on disk seen as pieces: the complete shared file or a ``.part`` file."""
+    """One file on disk seen as pieces: the complete shared file or a ``.part`` file.
+
+    A writable (``.part``) file is opened with ``O_NOFOLLOW`` (created with
+    ``O_EXCL``, mode :data:`PART_MODE`) and must be a regular file of ours with
+    no other hard link, else :class:`UnsafePartFile`. :meth:`is_at` tells
+    whether its path still names the opened file; :meth:`publish` links the
+    opened file itself (never whatever the path names now) to its destination.
+    """
 
     def __init__(self, path: str, manifest: Manifest, writable: bool = False) -> None:
         self.path = path
         self.manifest = manifest
         if writable:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            if os.fstat(fd).st_size != manifest.size:
-                os.ftruncate(fd, manifest.size)     # sparse: no data written yet
+            fd = _open_part(path)
+            try:
+                if os.fstat(fd).st_size != manifest.size:
+                    os.ftruncate(fd, manifest.size)     # sparse: no data written yet
+            except BaseException:
+                os.close(fd)
+                raise
         else:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self.fd: Optional[int] = fd
+
+    def is_at(self, path: Optional[str] = None) -> bool:
+        """Does ``path`` (default: the path it was opened by) name this very file, not a symlink?"""
+        if self.fd is None:
+            return False
+        try:
+            there = os.lstat(path or self.path)
+        except OSError:
+            return False
+        here = os.fstat(self.fd)
+        return stat.S_ISREG(there.st_mode) and (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
+
+    def publish(self, dest: str) -> None:
+        """Give the finished file its final mode and link it at ``dest`` (never replacing anything).
+
+        The link is made to the open file itself (``/proc/self/fd``), so a
+        ``.part`` path swapped for a symlink meanwhile cannot be put in place.
+        Raises FileExistsError if anything (a symlink too) is at ``dest``.
+        """
+        os.fchmod(self.fd, 0o666 & ~current_umask())
+        proc = "/proc/self/fd/%d" % self.fd
+        if not os.path.exists(proc):
+            if not self.is_at():
+                raise UnsafePartFile(0, "%s was replaced; not linked" % self.path)
+            os.link(self.path, dest, follow_symlinks=False)
+            return
+        # linkat(AT_SYMLINK_FOLLOW) on the fd's magic link. Python calls plain
+        # link() (which would link the /proc symlink itself) unless a dir fd is given.
+        parent = os.open(os.path.dirname(dest) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.link(proc, os.path.basename(dest), dst_dir_fd=parent, follow_symlinks=True)
+        finally:
+            os.close(parent)
 
     def read(self, index: int, offset: int, length: int) -> bytes:
         """Read ``length`` bytes of piece ``index`` at ``offset`` (caller validated bounds)."""
