@@ -203,3 +203,52 @@ def test_quit_during_a_download_says_it_is_paused(cluster, tmp_path):
     console.makeConnection(transport)
     console.dataReceived(b"quit\n")
     assert transport.value().decode() == "mbt> bye\n"
+
+
+@pytest_twisted.inlineCallbacks
+def test_membership_notices_and_list_groups_markers(cluster, tmp_path):
+    # Item 12: no word on accept/reject/hand-over; no marker in list_groups;
+    # a pending user was told "use join_group G" and then "already asked".
+    yield cluster.start_tracker()
+    alice = yield cluster.user("alice")
+    bob = yield cluster.user("bob")
+    heard = {"alice": [], "bob": []}
+    alice.subscribe(heard["alice"].append)
+    bob.subscribe(heard["bob"].append)
+    yield alice.create_group("club")
+    yield alice.create_group("den")
+    yield alice.create_group("zoo")
+    yield bob.join_group("club")
+    yield bob.join_group("den")
+    yield wait_for(lambda: len(heard["alice"]) == 2, 10, what="alice's notices")
+    assert heard["alice"] == [
+        "notice: bob asks to join your group club; accept_request club bob or reject_request club bob",
+        "notice: bob asks to join your group den; accept_request den bob or reject_request den bob"]
+    assert (yield bob.commands.execute("list_groups")) == \
+        "club  owner alice  1 member  pending\nden  owner alice  1 member  pending\nzoo  owner alice  1 member"
+    reply = yield bob.commands.execute("list_files club")
+    assert reply == "error: you are not a member of group club yet; your request to join is waiting for its owner alice"
+    yield alice.commands.execute("accept_request club bob")
+    yield alice.commands.execute("reject_request den bob")
+    yield wait_for(lambda: len(heard["bob"]) == 2, 10, what="bob's notices")
+    assert heard["bob"] == ["notice: alice accepted you into group club; list_files club shows its files",
+                            "notice: alice turned down your request to join group den"]
+    assert (yield alice.commands.execute("list_groups")) == \
+        "club  owner alice  2 members  owner\nden  owner alice  1 member  owner\nzoo  owner alice  1 member  owner"
+    assert (yield bob.commands.execute("list_groups")) == \
+        "club  owner alice  2 members  member\nden  owner alice  1 member\nzoo  owner alice  1 member"
+    yield alice.commands.execute("leave_group club")
+    yield wait_for(lambda: len(heard["bob"]) == 3, 10, what="bob's ownership notice")
+    assert heard["bob"][2] == "notice: you are now the owner of group club (alice left it)"
+
+
+@pytest.mark.parametrize("event", [
+    {"push": "membership", "kind": "accepted", "group": "bad group", "by": "alice"},
+    {"push": "membership", "kind": "accepted", "group": "club", "by": "a\nnotice: fake"},
+    {"push": "membership", "kind": "accepted", "group": "club"},
+    {"push": "membership", "kind": "exploded", "group": "club", "by": "alice"},
+    {"push": "other", "kind": "accepted", "group": "club", "by": "alice"},
+    {"push": "membership", "kind": "requested", "group": ["club"], "user": "bob"},
+])
+def test_malformed_or_unknown_tracker_events_are_ignored(event):
+    assert node_mod.membership_notice(event) is None

@@ -843,3 +843,53 @@ def test_random_interleavings_converge_to_one_state(steps):
     users = net[1].state.users
     assert set(acked_users) <= set(users)
     assert all(node.store.orphans() == [] for node in net.nodes.values())   # every repair finished
+
+
+# -- membership events (issue #12 item 12) -------------------------------------------------
+
+@pytest.mark.parametrize("owner_at,user_at", [(1, 2), (3, 2), (2, 3), (2, 2)])
+def test_membership_events_reach_a_user_on_another_tracker_exactly_once(owner_at, user_at):
+    # The owner acts through one tracker (leader or follower), the user is
+    # logged in through another: each tracker pushes to its own sessions only.
+    net = Net(3)
+    _club(net)
+    alice = _login(net, owner_at, "alice", "10.0.0.1:7000")
+    bob = _login(net, user_at, "bob", "10.0.0.2:7000")
+    bob_elsewhere = _login(net, 1 if user_at != 1 else 3, "alice", "10.0.0.3:7000")   # not bob
+    got_alice, got_bob, got_other = [], [], []
+    alice.push, bob.push, bob_elsewhere.push = got_alice.append, got_bob.append, got_other.append
+    result_of(_run(net, net[owner_at].request(alice, "create_group", group="club")))
+    result_of(_run(net, net[owner_at].request(alice, "create_group", group="den")))
+    result_of(_run(net, net[user_at].request(bob, "join_group", group="club")))
+    result_of(_run(net, net[user_at].request(bob, "join_group", group="den")))
+    assert got_alice == [{"push": "membership", "kind": "requested", "group": g, "user": "bob"}
+                         for g in ("club", "den")]
+    result_of(_run(net, net[owner_at].request(alice, "accept_request", group="club", user="bob")))
+    result_of(_run(net, net[owner_at].request(alice, "reject_request", group="den", user="bob")))
+    result_of(_run(net, net[owner_at].request(alice, "leave_group", group="club")))
+    net.run(0.5)
+    assert got_bob == [{"push": "membership", "kind": "accepted", "group": "club", "by": "alice"},
+                       {"push": "membership", "kind": "rejected", "group": "den", "by": "alice"},
+                       {"push": "membership", "kind": "owner", "group": "club", "by": "alice"}]
+    # alice's other session (on another tracker) also hears about requests to her groups; nobody
+    # hears about bob's events but bob.
+    assert all(e["kind"] == "requested" for e in got_other)
+
+
+def test_loading_the_log_pushes_no_events_but_live_applies_do():
+    net = Net(1)
+    _club(net)
+    alice = _login(net, 1, "alice", "10.0.0.1:7000")
+    bob = _login(net, 1, "bob", "10.0.0.2:7000")
+    result_of(_run(net, net[1].request(alice, "create_group", group="club")))
+    result_of(_run(net, net[1].request(bob, "join_group", group="club")))
+    result_of(_run(net, net[1].request(alice, "accept_request", group="club", user="bob")))
+    state = TrackerState()
+    rep = Replicator(1, [], state, OpLog(net.stores[1]), task.Clock())
+    seen = []
+    rep.on_applied = lambda op, result: seen.append(op["op"])
+    rep.load(lambda op, err: None)
+    assert state.digest() == net[1].digest() and seen == []     # a restart tells nobody again
+    rep.start()
+    result_of(rep.propose({"op": "leave_group", "user": "alice", "group": "club"}))
+    assert seen == ["leave_group"]

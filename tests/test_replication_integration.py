@@ -361,3 +361,51 @@ def test_secret_files_both_front_ends_and_a_wrong_secret_is_refused(trackers, tm
     assert missing.wait(20) == 2
     missing.stop()
     assert "cannot read the tracker secret file" in (tmp_path / "t3.log").read_text()
+
+
+def notices(console) -> list:
+    """Every notice the console printed so far: between commands or inside a reply."""
+    reply = console.cmd("help quit")
+    console.notices.extend(ln for ln in reply.splitlines() if ln.startswith("notice: "))
+    return console.notices
+
+
+def test_membership_notices_reach_a_user_on_another_tracker(trackers, tmp_path):
+    # Issue #12 item 12, for real: the owner's peer uses tracker 1, the user's tracker 2.
+    t = trackers(2)
+    for n in (1, 2):
+        t.start(n)
+    t.wait_in_sync([1, 2])
+    own_first = {1: t.info, 2: t.write_info(list(reversed(t.ports)), "tracker_info_2_first.txt")}
+    consoles = []
+    try:
+        for name, n in (("alice", 1), ("bob", 2)):
+            (tmp_path / name).mkdir()
+            consoles.append(Console("127.0.0.1:%d" % free_port(), own_first[n], str(tmp_path / name / "state"),
+                                    cwd=str(tmp_path / name), log=str(tmp_path / (name + ".log"))))
+        alice, bob = consoles
+        for c, name in ((alice, "ann"), (bob, "ben")):
+            assert not c.cmd("create_user %s pw" % name).startswith("error")
+            assert not c.cmd("login %s pw" % name).startswith("error")
+        assert alice.cmd("create_group g") == "group g created; you are its owner"
+        assert alice.cmd("create_group h") == "group h created; you are its owner"
+        assert bob.cmd("join_group g").startswith("asked to join g")
+        assert bob.cmd("join_group h").startswith("asked to join h")
+        assert bob.cmd("list_groups") == "g  owner ann  1 member  pending\nh  owner ann  1 member  pending"
+        # A pending user is not told to join_group again.
+        assert bob.cmd("list_files g") == \
+            "error: you are not a member of group g yet; your request to join is waiting for its owner ann"
+        wait_until(lambda: any("ben asks to join your group h" in n for n in notices(alice)), 10, "alice's notice")
+        assert alice.cmd("accept_request g ben") == "ben is now a member of g"
+        assert alice.cmd("reject_request h ben") == "rejected ben's request to join h"
+        wait_until(lambda: len([n for n in notices(bob) if "ann" in n]) >= 2, 10, "bob's notices")
+        assert [n for n in bob.notices if "ann" in n] == [
+            "notice: ann accepted you into group g; list_files g shows its files",
+            "notice: ann turned down your request to join group h"]
+        assert bob.cmd("list_groups") == "g  owner ann  2 members  member\nh  owner ann  1 member"
+        assert alice.cmd("leave_group g") == "left group g; ownership passed to ben"
+        wait_until(lambda: any("owner of group g" in n for n in notices(bob)), 10, "bob's ownership notice")
+        assert bob.cmd("list_groups") == "g  owner ben  1 member  owner\nh  owner ann  1 member"
+    finally:
+        for c in consoles:
+            c.kill()

@@ -122,7 +122,7 @@ def test_full_account_and_group_story(services):
     yield alice.request("reject_request", group="club", user="carol")
     assert (yield alice.request("list_requests", group="club")) == {"requests": []}
     assert (yield carol.request("list_groups")) == \
-        {"groups": [{"group": "club", "owner": "alice", "members": 2}]}
+        {"groups": [{"group": "club", "owner": "alice", "members": 2, "role": ""}]}
 
     yield expect_error(carol.request("list_files", group="club"), "not_member")
     assert (yield bob.request("list_files", group="club")) == {"files": []}
@@ -175,7 +175,7 @@ def test_state_survives_a_restart_but_sessions_do_not(services):
     alice = yield user(services, again, "alice", "127.0.0.1:7001", create=False)
     bob = yield user(services, again, "bob", "127.0.0.1:7002", create=False)
     assert (yield bob.request("list_groups")) == \
-        {"groups": [{"group": "club", "owner": "alice", "members": 2}]}
+        {"groups": [{"group": "club", "owner": "alice", "members": 2, "role": "member"}]}
     assert (yield alice.request("list_requests", group="club")) == {"requests": ["carol"]}
     files = (yield bob.request("list_files", group="club"))["files"]
     assert [(f["name"], f["peers"]) for f in files] == [("other.bin", 0), ("song.bin", 0)]

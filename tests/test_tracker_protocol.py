@@ -73,6 +73,7 @@ class Conn:
         self.transport = StringTransport(peerAddress=addr)
         self.proto.makeConnection(self.transport)
         self._ids = iter(range(1, 10 ** 6))
+        self.events = []        # unsolicited event lines, kept apart from replies
 
     def send_raw(self, data: bytes) -> list:
         self.proto.dataReceived(data)
@@ -88,6 +89,8 @@ class Conn:
         """One request; return the ``ok`` dict or raise MbtError like the client does."""
         req_id = next(self._ids)
         replies = self.send_raw(json.dumps(dict(args, id=req_id, op=op)).encode() + b"\n")
+        self.events.extend(r for r in replies if "push" in r and "id" not in r)
+        replies = [r for r in replies if not ("push" in r and "id" not in r)]
         assert len(replies) == 1, replies
         reply = replies[0]
         assert reply["id"] == req_id
@@ -147,7 +150,7 @@ def test_pipelined_requests_are_answered_with_matching_ids(tracker):
     assert replies[1]["ok"]["user"] == "alice" and replies[1]["ok"]["token"]
     assert replies[2]["ok"] == {"group": "club", "owner": "alice"}
     assert replies[3]["error"]["code"] == "group_exists"
-    assert replies[4]["ok"] == {"groups": [{"group": "club", "owner": "alice", "members": 1}]}
+    assert replies[4]["ok"] == {"groups": [{"group": "club", "owner": "alice", "members": 1, "role": "owner"}]}
     assert replies[5] == {"id": 6, "ok": {}}
 
 
@@ -546,7 +549,41 @@ def test_client_requests_resolve_with_ok_dicts(tracker):
     assert result_of(d2, pump)["user"] == "alice"
     assert result_of(d3, pump) == {"group": "club", "owner": "alice"}
     assert result_of(client.request("list_groups"), pump) == \
-        {"groups": [{"group": "club", "owner": "alice", "members": 1}]}
+        {"groups": [{"group": "club", "owner": "alice", "members": 1, "role": "owner"}]}
+
+
+def test_membership_events_reach_the_logged_in_user_unasked(tracker):
+    # Issue #12 item 12: no word when an owner accepted, rejected or handed on a group.
+    alice, _s1, pump_a = connected(tracker)
+    bob, _s2, pump_b = connected(tracker)
+    got_a, got_b = [], []
+    alice.on_push, bob.on_push = got_a.append, got_b.append
+    for client, pump, name in ((alice, pump_a, "alice"), (bob, pump_b, "bob")):
+        result_of(client.request("create_user", user=name, password="pw"), pump)
+        result_of(client.request("login", user=name, password="pw", address="10.0.0.1:700%d" % len(name)), pump)
+    result_of(alice.request("create_group", group="club"), pump_a)
+    result_of(alice.request("create_group", group="den"), pump_a)
+    result_of(bob.request("join_group", group="club"), pump_b)
+    result_of(bob.request("join_group", group="den"), pump_b)
+    pump_a.flush()
+    assert got_a == [{"push": "membership", "kind": "requested", "group": "club", "user": "bob"},
+                     {"push": "membership", "kind": "requested", "group": "den", "user": "bob"}]
+    assert [g["role"] for g in result_of(bob.request("list_groups"), pump_b)["groups"]] == ["pending", "pending"]
+    result_of(alice.request("accept_request", group="club", user="bob"), pump_a)
+    result_of(alice.request("reject_request", group="den", user="bob"), pump_a)
+    pump_b.flush()
+    assert got_b == [{"push": "membership", "kind": "accepted", "group": "club", "by": "alice"},
+                     {"push": "membership", "kind": "rejected", "group": "den", "by": "alice"}]
+    result_of(alice.request("leave_group", group="club"), pump_a)
+    pump_b.flush()
+    assert got_b[-1] == {"push": "membership", "kind": "owner", "group": "club", "by": "alice"}
+    assert [(g["group"], g["role"]) for g in result_of(bob.request("list_groups"), pump_b)["groups"]] == \
+        [("club", "owner"), ("den", "")]
+    # Events never resolve a pending request, and a client without a handler ignores them.
+    bob.on_push = None
+    d = bob.request("ping")
+    result_of(alice.request("join_group", group="club"), pump_a)
+    assert result_of(d, pump_b) == {}
 
 
 def test_client_errors_are_mbt_errors_with_the_code(tracker):

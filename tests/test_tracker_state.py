@@ -609,3 +609,36 @@ def test_random_histories_are_deterministic_and_failures_change_nothing(rnd, len
         c.apply(op)
     assert c.digest() == a.digest()
     assert c.list_groups() == a.list_groups()
+
+
+# -- issue #12 item 12: where each user stands, and what a pending user is told ----
+
+def test_list_groups_says_where_the_asking_user_stands(s):
+    roles = {u: [g["role"] for g in s.list_groups(u)] for u in ("alice", "bob", "carol", "dave")}
+    assert roles == {"alice": ["owner"], "bob": ["member"], "carol": ["pending"], "dave": [""]}
+    assert s.list_groups() == [{"group": "club", "owner": "alice", "members": 2}]
+
+
+def test_a_pending_user_is_not_told_to_join_again(s):
+    e = query_err("not_member", s.list_files, "carol", "club")
+    assert "join_group" not in e.message and "waiting for its owner alice" in e.message
+    assert "use join_group club" in query_err("not_member", s.list_files, "dave", "club").message
+    assert apply_err(s, "already_requested", "join_group", user="carol", group="club")
+
+
+def test_membership_events_of_each_operation(s):
+    from mbt.tracker.events import membership_events
+    def events(op, **args):
+        op = dict(args, op=op)
+        return membership_events(op, s.apply(op))
+    assert events("join_group", user="dave", group="club") == \
+        [("alice", {"push": "membership", "kind": "requested", "group": "club", "user": "dave"})]
+    assert events("reject_request", owner="alice", group="club", user="dave") == \
+        [("dave", {"push": "membership", "kind": "rejected", "group": "club", "by": "alice"})]
+    assert events("accept_request", owner="alice", group="club", user="carol") == \
+        [("carol", {"push": "membership", "kind": "accepted", "group": "club", "by": "alice"})]
+    assert events("leave_group", user="carol", group="club") == []          # not the owner
+    assert events("leave_group", user="alice", group="club") == \
+        [("bob", {"push": "membership", "kind": "owner", "group": "club", "by": "alice"})]
+    assert events("leave_group", user="bob", group="club") == []            # group deleted
+    assert events("create_group", user="bob", group="den") == []

@@ -72,7 +72,8 @@ class CommandTable:
             ("login", ["user_id", "passwd"], "log in; resumes sharing your files"),
             ("logout", [], "stop sharing everything until the next login"),
             ("create_group", ["group_id"], "create a group; you become its owner"),
-            ("list_groups", [], "list every group: id, owner, member count"),
+            ("list_groups", [], "list every group: id, owner, member count, and whether you are"
+                                " its owner, a member or pending (asked to join)"),
             ("join_group", ["group_id"], "ask the owner to let you into a group"),
             ("leave_group", ["group_id"], "leave a group (and stop sharing in it)"),
             ("list_requests", ["group_id"], "pending join requests (owner only)"),
@@ -184,7 +185,8 @@ class CommandTable:
             groups = r.get("groups", [])
             if not groups:
                 return "(no groups)"
-            return "\n".join("%s  owner %s  %s" % (g["group"], g["owner"], _plural(g["members"], "member"))
+            return "\n".join(("%s  owner %s  %s  %s" % (g["group"], g["owner"], _plural(g["members"], "member"),
+                                                        g.get("role") or "")).rstrip()
                              for g in groups)
         return self.node.list_groups().addCallback(fmt)
 

@@ -63,7 +63,7 @@ class PeerNode:
         self.downloads: Dict[Tuple[str, str], Download] = {}
         self._listeners: List[Callable[[str], None]] = []
         self.tracker = TrackerClient(trackers, reactor, on_connected=self._tracker_connected,
-                                     notify=self.notify, tls=tls)
+                                     notify=self.notify, tls=tls, on_push=self.tracker_push)
         if upload_rate is None:     # no --upload-rate: the last ``set upload_rate`` holds
             upload_rate = self.store.settings.get("upload_rate", 0.0)
         self.upload_limiter = TokenBucket(reactor, upload_rate)
@@ -142,6 +142,15 @@ class PeerNode:
                 listener(message)
             except Exception:       # a broken console must not break the peer
                 log.failure("console listener failed")
+
+    def tracker_push(self, message: dict) -> None:
+        """An unsolicited message from the tracker (docs/protocol.rst 2.3, "Pushes")."""
+        text = membership_notice(message) if self.user is not None else None
+        if text is not None:
+            self.notify(text)
+        else:
+            log.info("ignored tracker push {push!r} {kind!r}", push=str(message.get("push"))[:40],
+                     kind=str(message.get("kind"))[:40])
 
     # -- session -------------------------------------------------------------
 
@@ -685,6 +694,29 @@ class PeerNode:
                 self.tracker.request("stop_share", group=dl.record.group,
                                      name=dl.record.name).addErrback(lambda f: None)
         self.store.save_downloads()
+
+
+def membership_notice(event: dict) -> Optional[str]:
+    """The console line for a membership event, or None if it is not one we know."""
+    try:
+        group = check_id("group id", event.get("group"))
+        kind = event.get("kind")
+        if event.get("push") != "membership":
+            return None
+        if kind == "accepted":
+            return "%s accepted you into group %s; list_files %s shows its files" % (
+                check_id("user id", event.get("by")), group, group)
+        if kind == "rejected":
+            return "%s turned down your request to join group %s" % (check_id("user id", event.get("by")), group)
+        if kind == "requested":
+            user = check_id("user id", event.get("user"))
+            return "%s asks to join your group %s; accept_request %s %s or reject_request %s %s" % (
+                user, group, group, user, group, user)
+        if kind == "owner":
+            return "you are now the owner of group %s (%s left it)" % (group, check_id("user id", event.get("by")))
+    except MbtError:
+        return None
+    return None
 
 
 class _Progress:

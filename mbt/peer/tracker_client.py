@@ -34,8 +34,10 @@ class TrackerClient:
 
     def __init__(self, trackers: List[TrackerAddress], reactor,
                  on_connected: Optional[Callable[["TrackerClient"], defer.Deferred]] = None,
-                 notify: Callable[[str], None] = lambda msg: None, tls=None) -> None:
+                 notify: Callable[[str], None] = lambda msg: None, tls=None,
+                 on_push: Optional[Callable[[dict], None]] = None) -> None:
         self.trackers = trackers
+        self.on_push = on_push
         self.reactor = reactor
         self.on_connected = on_connected
         self.notify = notify
@@ -107,6 +109,7 @@ class TrackerClient:
         self.proto = proto
         self.current = target
         proto.on_lost = self._lost
+        proto.on_push = self.on_push
         self._failures_in_row = 0
         log.info("connected to tracker {t}", t=str(target))
         if self._ever_connected and previous is not None and previous != target:

@@ -242,6 +242,8 @@ class TrackerClientProtocol(BoundedLineReceiver):
         self._ids = itertools.count(1)
         self._pending: Dict[int, defer.Deferred] = {}
         self.on_lost = None
+        #: Called with each unsolicited message (a line with "push" and no "id").
+        self.on_push = None
 
     def request(self, op: str, **args) -> defer.Deferred:
         """Send one request; fires with the result dict or fails with MbtError."""
@@ -268,6 +270,10 @@ class TrackerClientProtocol(BoundedLineReceiver):
         if d is not None and d.called:     # already timed out on our side
             return
         if d is None:
+            if isinstance(reply, dict) and "push" in reply and "id" not in reply:
+                if self.on_push is not None:
+                    self.on_push(reply)
+                return
             err = reply.get("error") if isinstance(reply, dict) else None
             if err:
                 log.warn("tracker error not tied to a request: {err}", err=err)

@@ -147,6 +147,10 @@ class Replicator:
         self._stopped = False
         #: Called with (op, error) when a divergent operation no longer applies (tests, metrics).
         self.on_orphan_dropped: Callable[[dict, MbtError], None] = lambda op, err: None
+        #: Called with (op, result) whenever this tracker applies an operation live
+        #: (as leader or follower; not when loading or rebuilding): membership events.
+        self.on_applied: Callable[[dict, dict], None] = lambda op, result: None
+        self.sequencer.on_applied = self._applied_live
 
     # ------------------------------------------------------------------
     # lifecycle
@@ -595,6 +599,14 @@ class Replicator:
                       seq=seq, op=describe(op), err=e.message)
             result = None
         self.results.remember(op.get("oid"), result)
+        if result is not None:
+            self._applied_live(op, result)
+
+    def _applied_live(self, op: dict, result: dict) -> None:
+        try:
+            self.on_applied(op, result)
+        except Exception:       # a notice must never break replication
+            log.failure("on_applied hook failed for {op}", op=describe(op))
 
     def _on_entry(self, p: PeerView, msg: dict) -> None:
         if self.role != FOLLOWING or p.number != self.leader:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set
+from typing import Callable, Dict, List, Optional, Set
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -90,6 +90,9 @@ class Sequencer:
 
     # -- writes ----------------------------------------------------------------
 
+    #: Called with (op, result) after each live apply here (the replicator's hook).
+    on_applied: Callable[[dict, dict], None] = staticmethod(lambda op, result: None)
+
     def write(self, op: dict) -> defer.Deferred:
         """Validate, sequence and replicate ``op`` (which has an ``oid``).
 
@@ -111,6 +114,7 @@ class Sequencer:
             return defer.fail()
         seq, digest = self.oplog.append(op)
         self.results.remember(oid, result)
+        self.on_applied(op, result)
         write = Write(seq, oid, op, result, set(self.replicas))
         d = defer.Deferred()
         write.waiters.append(d)

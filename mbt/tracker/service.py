@@ -26,6 +26,7 @@ from mbt import passwords, tickets
 from mbt.throttle import LoginThrottle
 from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, TrackerUnavailable, check_file_name, check_id
 from mbt.manifest import HASH_HEX_LEN, Manifest
+from mbt.tracker.events import membership_events
 from mbt.tracker.oplog import OpLog
 from mbt.tracker.reach import tcp_probe
 from mbt.tracker.replication import Replicator, Timing
@@ -102,6 +103,7 @@ class TrackerCore:
         self.login_throttle = LoginThrottle()
         self._public_key = tickets.public_key_hex(self.signing_key)
         self._session_counter = 0
+        self.replicator.on_applied = self._applied
         self._handlers: Dict[str, tuple] = {
             "ping": (self.op_ping, False),
             "state_digest": (self.op_state_digest, False),
@@ -175,6 +177,13 @@ class TrackerCore:
         self._by_session.pop(conn.session_id, None)
         self.state.close_session(conn.session_id)
         self.presence.closed(conn.session_id)
+
+    def _applied(self, op: dict, result: dict) -> None:
+        """Tell the users logged in here about membership changes that concern them."""
+        for user, event in membership_events(op, result):
+            for conn in list(self._by_session.values()):
+                if conn.user == user:
+                    conn.push(event)
 
     def _commit(self, op: dict) -> defer.Deferred:
         """Get a durable operation applied by every tracker; fires with its result."""
@@ -326,7 +335,7 @@ class TrackerCore:
         return self._commit({"op": "create_group", "user": conn.user, "group": req.get("group")})
 
     def op_list_groups(self, conn: Connection, req: dict) -> dict:
-        return {"groups": self.state.list_groups()}
+        return {"groups": self.state.list_groups(conn.user)}
 
     def op_join_group(self, conn: Connection, req: dict) -> dict:
         return self._commit({"op": "join_group", "user": conn.user, "group": req.get("group")})

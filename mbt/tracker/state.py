@@ -225,6 +225,9 @@ class TrackerState:
     def _member_group(self, user: str, group: object) -> Group:
         g = self._group(group)
         if user not in g.members:
+            if user in g.requests:      # join_group would only say "already asked"
+                raise _err("not_member", "you are not a member of group %s yet; your request to join"
+                           " is waiting for its owner %s" % (g.group_id, g.owner))
             raise _err("not_member", "you are not a member of group %s; use join_group %s"
                        % (g.group_id, g.group_id))
         return g
@@ -243,10 +246,17 @@ class TrackerState:
         """The stored password record of ``user``, or None."""
         return self.users.get(user)
 
-    def list_groups(self) -> List[dict]:
-        """Every group: id, owner and member count, sorted by id."""
-        return [{"group": g.group_id, "owner": g.owner, "members": len(g.members)}
-                for g in sorted(self.groups.values(), key=lambda g: g.group_id)]
+    def list_groups(self, user: Optional[str] = None) -> List[dict]:
+        """Every group: id, owner and member count, sorted by id; with ``user``,
+        also ``role``: ``owner``, ``member``, ``pending`` (asked to join) or ``""``."""
+        out = []
+        for g in sorted(self.groups.values(), key=lambda g: g.group_id):
+            item = {"group": g.group_id, "owner": g.owner, "members": len(g.members)}
+            if user is not None:
+                item["role"] = ("owner" if g.owner == user else "member" if user in g.members
+                                else "pending" if user in g.requests else "")
+            out.append(item)
+        return out
 
     def list_requests(self, owner: str, group: object) -> List[str]:
         """Pending join requests of a group (owner only), oldest first."""
