@@ -146,10 +146,18 @@ class Console(Process):
         return notices
 
     def cmd(self, line: str, timeout: float = 30.0) -> str:
-        """Send one command; return its reply (notices before it go to ``notices``)."""
+        """Send one command; return its reply. Notices (lines starting with
+        ``notice: ``), before it or printed while it ran, go to ``notices``."""
         self.notices.extend(ln for ln in self.drain().splitlines() if ln.strip() and ln.strip() != "mbt>")
         self.send(line + "\n")
-        reply = self.read_reply(timeout)
+        while True:
+            lines = self.read_reply(timeout).split("\n")
+            self.notices.extend(ln for ln in lines if ln.startswith("notice: "))
+            reply = "\n".join(ln for ln in lines if not ln.startswith("notice: "))
+            if reply or not line.strip() or not any(ln.startswith("notice: ") for ln in lines):
+                break
+            # Only notices: one that came with its own prompt just as the command
+            # was sent. The command's reply and prompt are still to come.
         if self.echo is not None:
             self.echo(self.address, line, reply)
         return reply

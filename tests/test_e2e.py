@@ -158,7 +158,7 @@ def test_twistd_peer_serves_its_console_over_telnet(procs, tmp_path):
     t2 = Telnet(console_port)        # a second session shares the same peer
     t2.until_prompt()
     assert t2.cmd("create_group club") == "group club created; you are its owner"
-    assert t.cmd("list_groups") == "club  owner tia  1 member"
+    assert t.cmd("list_groups") == "club  owner tia  1 member  owner"
     assert t.cmd("login x").startswith("error: usage: login")
     t.sock.sendall(b"quit\r\n")
     deadline = time.monotonic() + 10
