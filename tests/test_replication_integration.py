@@ -24,9 +24,9 @@ from mbt.driver import Console, Process, bin_path, free_port, wait_port
 class Client:
     """A blocking tracker client on one connection (sessions live on connections)."""
 
-    def __init__(self, port: int, timeout: float = 15.0) -> None:
+    def __init__(self, port: int, timeout: float = 15.0, source: str = "127.0.0.1") -> None:
         self.port = port
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
         self.buf = b""
         self.ids = itertools.count(1)
 

@@ -36,6 +36,7 @@ from mbt.errors import MbtError
 from mbt.tracker import election
 from mbt.tracker.election import ELECTING, FOLLOWING, LEADING, ROLES, SYNCING  # noqa: F401 (re-exported)
 from mbt.tracker.oplog import GENESIS, LogMismatch, OpLog
+from mbt.tracker.login_budget import SharedLoginGuard
 from mbt.tracker.presence import PRESENCE_EXPIRY, PresenceGossip
 from mbt.tracker.sequencer import RecentResults, Sequencer
 from mbt.tracker.state import TrackerState
@@ -123,6 +124,8 @@ class Replicator:
         self.clock = clock
         self.timing = timing or Timing()
         self.presence = PresenceGossip(state, clock, self.timing.presence_expiry)
+        #: The login budget, shared with every linked tracker (mbt.tracker.login_budget).
+        self.login_guard = SharedLoginGuard(clock)
         self.results = RecentResults()
         self.sequencer = Sequencer(state, oplog, clock, self.timing.ack_timeout, self.timing.lease,
                                    self.results)
@@ -321,6 +324,7 @@ class Replicator:
         log.info("linked with tracker {n}", n=number)
         link.send(self._status_message())
         self.presence.link_up(number, link)
+        self.login_guard.link_up(number, link)
         self._ensure_ticking()
 
     def link_down(self, number: int, link) -> None:
@@ -332,6 +336,7 @@ class Replicator:
         self.sequencer.drop(number, "link lost", send=False)
         del self.peers[number]
         self.presence.link_down(number)
+        self.login_guard.link_down(number)
         for proposal in self._pending.values():
             if proposal.sent_to == number:
                 proposal.sent_to = None         # re-sent to the next leader (applied once: oid)
@@ -687,10 +692,14 @@ class Replicator:
     def _on_presence(self, p: PeerView, msg: dict) -> None:
         self.presence.receive(p.number, msg)
 
+    def _on_login(self, p: PeerView, msg: dict) -> None:
+        self.login_guard.receive(p.number, msg)
+
     _handlers = {
         "status": _on_status, "follow": _on_follow, "batch": _on_batch, "entry": _on_entry,
         "ack": _on_ack, "drop": _on_drop, "ping": _on_ping, "pong": _on_pong,
         "propose": _on_propose, "result": _on_result, "presence": _on_presence,
+        "login": _on_login,
     }
 
 

@@ -23,7 +23,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from mbt import passwords, tickets
-from mbt.throttle import LoginThrottle
+from mbt.throttle import LoginGuard
 from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, TrackerUnavailable, check_file_name, check_id
 from mbt.manifest import HASH_HEX_LEN, Manifest
 from mbt.tracker.events import membership_events
@@ -78,12 +78,15 @@ class TrackerCore:
     ``run_in_thread`` runs blocking work (password hashing); tests pass a
     synchronous stand-in. Without a ``replicator`` the core is a lone tracker
     (its own leader) over ``store``. ``signing_key`` signs download tickets
-    (default: a random one, for tests and throwaway trackers).
+    (default: a random one, for tests and throwaway trackers). ``login_guard``
+    throttles logins (:class:`mbt.throttle.LoginGuard`; default: the
+    replicator's, whose budget every linked tracker shares).
     """
 
     def __init__(self, state: TrackerState, store, run_in_thread: Callable = threads.deferToThread,
                  replicator: Optional[Replicator] = None, signing_key=None, clock=None,
-                 relays: Optional[List[str]] = None, probe: Optional[Callable] = None) -> None:
+                 relays: Optional[List[str]] = None, probe: Optional[Callable] = None,
+                 login_guard: Optional[LoginGuard] = None) -> None:
         self.state = state
         #: Relays (``IP:PORT``) offered to peers that cannot reach each other.
         self.relays: List[str] = list(relays or [])
@@ -100,7 +103,8 @@ class TrackerCore:
         self.replicator = replicator
         self.presence = replicator.presence
         self.signing_key = signing_key or tickets.signing_key_from_secret(secrets.token_bytes(32))
-        self.login_throttle = LoginThrottle()
+        #: Login throttling (mbt.throttle): shared with the other trackers by default.
+        self.login_guard: LoginGuard = login_guard or replicator.login_guard
         self._public_key = tickets.public_key_hex(self.signing_key)
         self._session_counter = 0
         self.replicator.on_applied = self._applied
@@ -256,15 +260,16 @@ class TrackerCore:
         if conn.user is not None:
             raise MbtError("already logged in as %s; logout first" % conn.user, "already_logged_in")
         client_host = conn.remote.rsplit(":", 1)[0]
-        wait = self.login_throttle.retry_after(user, client_host, self.clock.seconds())
+        # The attempt counts before its password is checked (parallel ones too).
+        wait = self.login_guard.admit(user, client_host)
         if wait is not None:
             raise MbtError("too many failed logins; try again in %d s" % (int(wait) + 1), "rate_limited")
         ok = yield self.run_in_thread(passwords.verify, self.state.password_record(user), pw)
         if not ok:
-            self.login_throttle.failed(user, client_host, self.clock.seconds())
+            self.login_guard.failed(user, client_host)
             # One message for a missing user and a wrong password: no user enumeration.
             raise MbtError("wrong user id or password", "bad_credentials")
-        self.login_throttle.succeeded(user)
+        self.login_guard.succeeded(user, client_host)
         if conn.user is not None:   # a racing second login on the same connection
             raise MbtError("already logged in as %s; logout first" % conn.user, "already_logged_in")
         if conn.closed:             # the peer hung up while its password was checked
