@@ -62,6 +62,27 @@ def _plural(n: int, word: str) -> str:
     return "%d %s%s" % (n, word, "" if n == 1 else "s")
 
 
+def _looks_like_path(word: str) -> bool:
+    """``my/file``, ``~/x``, ``song.mp3``: a word a user may have meant as part of a path."""
+    return "/" in word or word.startswith("~") or "." in word[1:]
+
+
+#: More lines for ``help <command>``, where the one-line summary is not enough.
+_DETAILS = {
+    "upload_file": (
+        "\n  file_path: absolute, or relative to the peer process's working directory ({cwd});"
+        "\n  the file is shared under its base name. Quote a path with spaces:"
+        "\n  upload_file \"my file.txt\" club"),
+    "download_file": (
+        "\n  destination_path: an existing directory (the file is saved there as <file_name>)"
+        "\n  or a new file path in an existing directory; an existing file is never overwritten."
+        "\n  Relative paths are resolved against the peer process's working directory ({cwd})."
+        "\n  The download runs in the background into <destination>.part (see show_downloads)"
+        "\n  and is renamed once verified. Quote a name or path with spaces:"
+        "\n  download_file club \"my song.mp3\" ~/Music"),
+}
+
+
 class CommandTable:
     """Every console command of a peer, bound to a :class:`~mbt.peer.node.PeerNode`."""
 
@@ -92,6 +113,7 @@ class CommandTable:
             ("help", ["command"], "list commands, or show one command's usage"),
             ("quit", [], "stop this console (the stdio client stops the peer)"),
         ]
+        self._seen_groups: set = set()
         self.commands: Dict[str, Command] = {}
         for name, args, summary in spec:
             self.commands[name] = Command(name, args, summary, getattr(self, "cmd_" + name, None))
@@ -110,6 +132,32 @@ class CommandTable:
         d.addCallback(lambda text: _LINE_BREAKS.sub(" ", text))
         d.addErrback(self._format_failure, line)
         return d
+
+    def complete(self, text: str) -> List[str]:
+        """Words that may end ``text`` (a console line up to the cursor), for Tab.
+
+        The first word completes to command names; a ``<group_id>`` argument to
+        the groups this peer has seen (the last ``list_groups``, its shares and
+        downloads): cheap, and no tracker round trip while typing.
+        """
+        words = text.split(" ")
+        word = words[-1]
+        if len(words) == 1:
+            choices = list(self.commands)
+        else:
+            cmd = self.commands.get(words[0])
+            position = len([w for w in words[1:-1] if w])
+            arg = cmd.args[position] if cmd is not None and position < len(cmd.args) else None
+            choices = {"command": list(self.commands), "option": ["upload_rate"],
+                       "group_id": sorted(self.known_groups())}.get(arg, [])
+        return [c for c in choices if c.startswith(word)]
+
+    def known_groups(self) -> set:
+        """Group ids this console has seen: from ``list_groups``, shares and downloads."""
+        groups = set(self._seen_groups)
+        groups.update(group for group, _ in getattr(self.node, "servables", {}))
+        groups.update(group for group, _ in getattr(self.node, "downloads", {}))
+        return groups
 
     def _format_failure(self, failure, line: str) -> str:
         if failure.check(MbtError):
@@ -133,6 +181,9 @@ class CommandTable:
             if len(args) > 1:
                 raise UsageError("usage: help [command]")
         elif len(args) != len(cmd.args):
+            if len(args) > len(cmd.args) and any(_looks_like_path(a) for a in args):
+                raise UsageError("usage: %s (too many arguments: quote a name or path that has "
+                                 "spaces, e.g. \"my file.txt\")" % cmd.usage)
             raise UsageError("usage: %s" % cmd.usage)
         if cmd.handler is None:
             raise UsageError("%s is handled by the console itself" % name)
@@ -146,7 +197,8 @@ class CommandTable:
             if cmd is None:
                 raise UsageError("no command %r; type help for the list" % command[:40])
             usage = "help [command]" if cmd.name == "help" else cmd.usage
-            return "usage: %s\n  %s" % (usage, cmd.summary)
+            details = _DETAILS.get(cmd.name, "").format(cwd=getattr(self.node, "cwd", "."))
+            return "usage: %s\n  %s%s" % (usage, cmd.summary, details)
         width = max(len(c.usage) for c in self.commands.values())
         lines = ["commands:"]
         for c in self.commands.values():
@@ -183,6 +235,7 @@ class CommandTable:
     def cmd_list_groups(self):
         def fmt(r):
             groups = r.get("groups", [])
+            self._seen_groups = {g["group"] for g in groups}
             if not groups:
                 return "(no groups)"
             return "\n".join(("%s  owner %s  %s  %s" % (g["group"], g["owner"], _plural(g["members"], "member"),

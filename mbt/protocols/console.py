@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import functools
 import hmac
+import os
 import re
 import typing
 from typing import Any, Callable, Deque, Optional, Tuple
@@ -63,6 +64,9 @@ class CommandBackend(typing.Protocol):
 
     def subscribe(self, listener: Callable[[str], None]) -> Callable[[], None]:
         """Register ``listener`` for asynchronous notices; return an unsubscribe function."""
+
+    # Optional: ``complete(text) -> list of words`` that may end ``text`` (the
+    # input line up to the cursor); the telnet console completes on Tab with it.
 
 
 # ---------------------------------------------------------------------------
@@ -331,12 +335,51 @@ class _TelnetTransport(telnet.TelnetTransport):
 
     _LINE_END = re.compile(rb"\r*\n")
 
+    def dataReceived(self, data: bytes) -> None:
+        """Telnet's parser, which also takes commands it does not know.
+
+        The stock parser raises ``ValueError('Stumped', ...)`` (and drops the
+        session with a traceback) for a command byte outside its list, e.g.
+        IAC EOF (236), IAC SUSP (237) or IAC ABORT (238), which a real telnet
+        client in line mode sends for Ctrl-D, Ctrl-Z and Ctrl-C. The data is
+        fed up to each IAC; a command byte the stock parser does not know is
+        taken here and passed on like the known ones (to ``unhandledCommand``).
+        """
+        start = 0
+        while start < len(data):
+            if self.state == "escaped" and data[start:start + 1] not in _PARSED_COMMANDS:
+                self.state = "data"
+                self.commandReceived(data[start:start + 1], None)
+                start += 1
+                continue
+            end = data.find(telnet.IAC, start)
+            end = len(data) if end < 0 else end + 1
+            telnet.TelnetTransport.dataReceived(self, data[start:end])
+            start = end
+
     def write(self, data: bytes) -> None:
         data = data.replace(telnet.IAC, telnet.IAC * 2)
         self.transport.write(self._LINE_END.sub(b"\r\n", data))
 
     def writeSequence(self, seq) -> None:
         self.write(b"".join(seq))
+
+
+#: Command bytes after IAC that Twisted's telnet parser understands itself.
+_PARSED_COMMANDS = frozenset([telnet.IAC, telnet.SB, telnet.WILL, telnet.WONT, telnet.DO, telnet.DONT,
+                              telnet.EOR, telnet.NOP, telnet.DM, telnet.BRK, telnet.IP, telnet.AO,
+                              telnet.AYT, telnet.EC, telnet.EL, telnet.GA])
+#: Telnet commands (RFC 854, RFC 1184) a client sends for a key, as the key's byte.
+TELNET_EOF, TELNET_SUSP, TELNET_ABORT = b"\xec", b"\xed", b"\xee"
+_COMMAND_KEYS = {
+    telnet.IP: b"\x03",       # Interrupt Process (Ctrl-C): drop the current line
+    telnet.BRK: b"\x03",      # Break: likewise
+    TELNET_ABORT: b"\x03",    # Abort: likewise
+    TELNET_EOF: b"\x04",      # End of File (Ctrl-D): quit on an empty line
+    TELNET_SUSP: b"\x1a",     # Suspend (Ctrl-Z): a session cannot be suspended; bell
+    telnet.EC: b"\x7f",       # Erase Character: backspace
+    telnet.EL: b"\x15",       # Erase Line: Ctrl-U
+}
 
 
 class _TelnetBootstrap(telnet.TelnetBootstrapProtocol):
@@ -360,6 +403,27 @@ class _TelnetBootstrap(telnet.TelnetBootstrapProtocol):
         if factory is not None:
             self.protocol.factory = factory
         self.protocol.makeConnection(self)
+
+    def unhandledCommand(self, command: bytes, argument: object) -> None:
+        """A telnet command from the client: the key it stands for, or an answer.
+
+        Anything else (NOP, GA, DM, AO, unknown bytes) is ignored: nothing a
+        client sends ever ends a session with a traceback.
+        """
+        key = _COMMAND_KEYS.get(command)
+        if key is not None:
+            self.protocol.dataReceived(key)   # insults parses it as that keystroke
+        elif command == telnet.AYT:
+            shell = getattr(self.protocol, "terminalProtocol", None)
+            if hasattr(shell, "are_you_there"):
+                shell.are_you_there()
+            elif shell is not None:        # the manhole
+                shell.terminal.nextLine()
+                shell.terminal.write(b"[yes]")
+                shell.terminal.nextLine()
+                shell.drawInputLine()
+        else:
+            log.debug("telnet command {cmd} ignored", cmd=ord(command))
 
     @staticmethod
     def _refused(failure: Failure, opt: bytes) -> None:
@@ -401,6 +465,14 @@ class TelnetConsole(recvline.HistoricRecvLine):
             b"\x08": self.handle_BACKSPACE,  # ^H: what many clients send for backspace
             b"\x03": self.handle_INT,        # ^C: abandon the current line
             b"\x04": self.handle_EOF,        # ^D on an empty line: quit
+            b"\x01": self.handle_HOME,       # ^A: start of line
+            b"\x05": self.handle_END,        # ^E: end of line
+            b"\x15": self.handle_KILL_LINE,  # ^U: erase the line
+            b"\x0b": self.handle_KILL_END,   # ^K: erase to the end of the line
+            b"\x17": self.handle_KILL_WORD,  # ^W: erase the word before the cursor
+            b"\x0c": self.handle_REDRAW,     # ^L: clear the screen, redraw the line
+            b"\x1a": self.handle_BELL,       # ^Z: a session cannot be suspended
+            self.terminal.TAB: self.handle_TAB,  # complete a command name or group id
         })
         self._unsubscribe = self.backend.subscribe(self._notice)
 
@@ -465,6 +537,72 @@ class TelnetConsole(recvline.HistoricRecvLine):
             self.terminal.nextLine()
             self._runner.submit("quit")
 
+    def handle_BELL(self) -> None:
+        self.terminal.write(b"\a")
+
+    def handle_KILL_LINE(self) -> None:
+        """^U: erase the whole input line."""
+        self._set_line(b"", 0)
+
+    def handle_KILL_END(self) -> None:
+        """^K: erase from the cursor to the end of the line."""
+        before, _after = self.currentLineBuffer()
+        self._set_line(before, len(before))
+
+    def handle_KILL_WORD(self) -> None:
+        """^W: erase the word before the cursor (and the blanks after it)."""
+        before, after = self.currentLineBuffer()
+        kept = before.rstrip(b" ")
+        kept = kept[:len(kept) - len(kept.split(b" ")[-1])]
+        self._set_line(kept + after, len(kept))
+
+    def handle_REDRAW(self) -> None:
+        """^L: clear the screen and draw the prompt and the input line again."""
+        self.terminal.eraseDisplay()
+        self.terminal.cursorHome()
+        self.drawInputLine()
+        self._cursor_back(len(self.lineBuffer) - self.lineBufferIndex)
+
+    def handle_TAB(self) -> None:
+        """Complete the word before the cursor; with several choices, list them."""
+        before, after = self.currentLineBuffer()
+        complete = getattr(self.backend, "complete", None)
+        if complete is None:
+            return self.handle_BELL()
+        text = before.decode("utf-8", "replace")
+        word = text.split(" ")[-1]
+        choices = sorted(set(complete(text)))
+        if not choices:
+            return self.handle_BELL()
+        common = os.path.commonprefix(choices)
+        if len(choices) == 1:
+            common += " "
+        if len(common) > len(word):
+            insert = common[len(word):].encode("utf-8")
+            self._set_line(before + insert + after, len(before) + len(insert))
+            return None
+        # Nothing to add: show the choices above a fresh prompt and input line.
+        self._above_input("  ".join(choices))
+        return None
+
+    def are_you_there(self) -> None:
+        """IAC AYT: say so, above the input line."""
+        self._above_input("[yes]")
+
+    def _set_line(self, line: bytes, cursor: int) -> None:
+        """Replace the input line on screen and in the buffer; put the cursor at ``cursor``."""
+        self._cursor_back(self.lineBufferIndex)
+        self.terminal.eraseToLineEnd()
+        self.lineBuffer = [line[i:i + 1] for i in range(len(line))]
+        self.lineBufferIndex = len(self.lineBuffer)
+        self.terminal.write(line)
+        self._cursor_back(len(line) - cursor)
+        self.lineBufferIndex = cursor
+
+    def _cursor_back(self, n: int) -> None:
+        if n > 0:
+            self.terminal.cursorBackward(n)
+
     def lineReceived(self, line: bytes) -> None:
         del self.historyLines[:-HISTORY_LIMIT]
         self.historyPosition = len(self.historyLines)
@@ -505,15 +643,16 @@ class TelnetConsole(recvline.HistoricRecvLine):
             # its prompt) will follow.
             self._write(text + "\n")
             return
-        # Print above the input line, then redraw prompt and partial input
-        # (what Manhole.addOutput does for asynchronous output).
+        self._above_input(text)
+
+    def _above_input(self, text: str) -> None:
+        """Print ``text`` above the input line, then redraw prompt and partial input
+        (what Manhole.addOutput does for asynchronous output)."""
         self.terminal.eraseLine()
-        self.terminal.cursorBackward(len(self.lineBuffer) + len(self.ps[self.pn]))
+        self.terminal.cursorBackward(self.lineBufferIndex + len(self.ps[self.pn]))
         self._write(text + "\n")
         self.drawInputLine()
-        behind = len(self.lineBuffer) - self.lineBufferIndex
-        if behind:
-            self.terminal.cursorBackward(behind)
+        self._cursor_back(len(self.lineBuffer) - self.lineBufferIndex)
 
     # -- ending
 
@@ -621,6 +760,11 @@ class _ManholeLogin(telnet.AuthenticatingTelnetProtocol):
     """
 
     failures = 0
+
+    def unhandledCommand(self, command: bytes, argument: object) -> None:
+        """Ctrl-C or Ctrl-D (IAC IP / IAC EOF ...) at the login prompt: goodbye; others ignored."""
+        if command in (telnet.IP, telnet.BRK, TELNET_ABORT, TELNET_EOF):
+            self.transport.loseConnection()
 
     def telnet_User(self, line: bytes) -> str:
         self.username = line.rstrip(b"\r")
