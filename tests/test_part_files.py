@@ -14,7 +14,8 @@ import pytest_twisted
 
 from mbt.manifest import PIECE_SIZE, hash_file
 from mbt.peer.storage import PART_MODE, PieceFile, UnsafePartFile
-from tests.cluster import Cluster, make_file, wait_download, wait_for
+from tests.cluster import make_file, wait_download, wait_for
+from tests.test_download_faults import cluster  # noqa: F401  (the fixture)
 
 VICTIM = b"precious data that must never be touched\n"
 
@@ -115,13 +116,6 @@ def test_publish_never_replaces_a_symlink_at_the_destination(tmp_path, source, v
 
 
 # -- a download paused, its .part swapped for a symlink, resumed in the same process ----------
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    pytest_twisted.blockon(c.stop())
-
 
 @pytest_twisted.inlineCallbacks
 def test_a_part_file_swapped_while_paused_is_never_written_or_linked(cluster, tmp_path, victim):

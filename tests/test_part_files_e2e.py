@@ -10,17 +10,9 @@ and the other file must be exactly as it was.
 import os
 import time
 
-from mbt.driver import Console, Process, bin_path, free_port, wait_port
+from tests.test_e2e import start_client, start_tracker
 
 VICTIM = b"precious data that must never be touched\n"
-
-
-def console(procs, tmp_path, name, info, extra=None):
-    (tmp_path / name).mkdir(exist_ok=True)
-    c = Console("127.0.0.1:%d" % free_port(), info, str(tmp_path / name / "state"),
-                cwd=str(tmp_path / name), extra=extra, log=str(tmp_path / (name + ".log")))
-    procs.append(c)
-    return c
 
 
 def poll(c, command, predicate, timeout=30.0):
@@ -33,19 +25,14 @@ def poll(c, command, predicate, timeout=30.0):
 
 
 def test_a_symlink_at_dest_part_is_not_followed_after_a_restart(procs, tmp_path):
-    port = free_port()
-    info = tmp_path / "tracker_info.txt"
-    info.write_text("127.0.0.1:%d\n" % port)
-    procs.append(Process([bin_path("mbt-tracker"), str(info), "1", "--state-dir", str(tmp_path / "t1")],
-                         log=str(tmp_path / "tracker.log")))
-    wait_port(port, 20, procs[-1].proc)
-    ann = console(procs, tmp_path, "ann", str(info), extra=["--upload-rate", "200k"])
+    _tracker, info, _ports = start_tracker(procs, tmp_path)
+    ann = start_client(procs, tmp_path, "ann", str(info), extra=["--upload-rate", "200k"])
     (tmp_path / "ann" / "f.bin").write_bytes(os.urandom(3 * 1024 * 1024))
     assert ann.cmd("create_user ann pw").startswith("user ann created")
     assert ann.cmd("login ann pw").startswith("logged in as ann")
     assert ann.cmd("create_group g").startswith("group g created")
     assert ann.cmd("upload_file f.bin g").startswith("shared f.bin in g")
-    ben = console(procs, tmp_path, "ben", str(info))
+    ben = start_client(procs, tmp_path, "ben", str(info))
     assert ben.cmd("create_user ben pw").startswith("user ben created")
     assert ben.cmd("login ben pw").startswith("logged in as ben")
     ben.cmd("join_group g")
@@ -64,7 +51,7 @@ def test_a_symlink_at_dest_part_is_not_followed_after_a_restart(procs, tmp_path)
     os.unlink(part)
     part.symlink_to(victim)
 
-    ben = console(procs, tmp_path, "ben", str(info))
+    ben = start_client(procs, tmp_path, "ben", str(info))
     reply = ben.cmd("login ben pw")
     assert "logged in as ben" in reply
     status = poll(ben, "show_downloads", lambda r: r.startswith("[F]") or r.startswith("[C]"), 20)

@@ -12,7 +12,8 @@ import select
 import socket
 import time
 
-from mbt.driver import Console, Process, bin_path, free_port, wait_port
+from mbt.driver import Console, free_port
+from tests.test_e2e import start_tracker
 from tests.test_replication_integration import Client
 
 HOSTS = ["127.0.1.%d" % i for i in range(1, 17)]
@@ -81,12 +82,7 @@ def first_line(sock: socket.socket, timeout: float) -> bytes:
 
 
 def test_idle_connections_before_hello_cannot_lock_out_a_ticketed_downloader(procs, tmp_path):
-    port = free_port()
-    info = tmp_path / "tracker_info.txt"
-    info.write_text("127.0.0.1:%d\n" % port)
-    procs.append(Process([bin_path("mbt-tracker"), str(info), "1", "--state-dir", str(tmp_path / "t1")],
-                         log=str(tmp_path / "tracker.log")))
-    wait_port(port, 20, procs[-1].proc)
+    _tracker, info, (port,) = start_tracker(procs, tmp_path)
     (tmp_path / "ann").mkdir()
     (tmp_path / "ann" / "f.bin").write_bytes(os.urandom(300000))
     peer_port = free_port()

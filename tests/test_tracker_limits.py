@@ -7,13 +7,11 @@ with small budgets and a ``task.Clock``.
 
 import json
 
-import pytest
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 
-from mbt import passwords
 from mbt.protocols.lines import FREE_BYTES, BoundedLineReceiver, LineBudget
 from mbt.protocols.sync import SYNC_MAX_LINE, Mesh, SyncClientProtocol
 from mbt.protocols.tracker import (ANON_MAX_LINE, LONG_LINE_DEADLINE, MAX_CONNECTIONS_PER_HOST, MAX_LINE,
@@ -22,17 +20,11 @@ from mbt.tracker.service import TrackerCore
 from mbt.tracker.state import TrackerState
 from mbt.tracker.store import MemoryStore
 from mbt.trackerinfo import TrackerAddress
+from tests.test_tracker_protocol import cheap_scrypt  # noqa: F401  (autouse: fast password hashing)
 
 
 def sync_thread(f, *a, **k):
     return defer.maybeDeferred(f, *a, **k)
-
-
-@pytest.fixture(autouse=True)
-def cheap_scrypt(monkeypatch):
-    real = passwords.make_record
-    monkeypatch.setattr(passwords, "make_record", lambda pw, n=2 ** 4, r=8, p=1: real(pw, n, r, p))
-    monkeypatch.setattr(passwords, "_DUMMY_RECORD", None)
 
 
 class Replicator:

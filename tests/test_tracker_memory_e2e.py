@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from mbt.driver import Process, bin_path, free_port, wait_port
 from mbt.protocols.tracker import TOTAL_LINE_BUDGET
+from tests.test_e2e import start_tracker
 
 MiB = 1024 * 1024
 
@@ -50,14 +50,8 @@ def settled_rss(pid: int, timeout: float = 30.0) -> int:
 
 @pytest.fixture
 def tracker(procs, tmp_path):
-    port = free_port()
-    info = tmp_path / "tracker_info.txt"
-    info.write_text("127.0.0.1:%d\n" % port)
-    t = Process([bin_path("mbt-tracker"), str(info), "1", "--state-dir", str(tmp_path / "t1")],
-                log=str(tmp_path / "tracker.log"))
-    procs.append(t)
-    wait_port(port, 20, t.proc)
-    return t, port
+    proc, _info, ports = start_tracker(procs, tmp_path)
+    return proc, ports[0]
 
 
 def connect(port: int, source: str) -> socket.socket:
