@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test browser-deps bench bench-deps bench-compare clean
+.PHONY: demo test browser-deps pg-deps bench bench-deps bench-compare clean
 
 $(STAMP): setup.py
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(VENV)/.code: $(STAMP) $(shell find mbt twisted -name '*.py' -o -name '*.js' -o
 demo: $(VENV)/.code
 	$(BIN)/python -m mbt.demo
 
-test: $(VENV)/.code browser-deps
+test: $(VENV)/.code browser-deps pg-deps
 	$(BIN)/python -m pytest -q tests
 
 # The web page's end-to-end tests drive a real headless Chromium (Debian's
@@ -37,6 +37,16 @@ browser-deps:
 	    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(BROWSER_PACKAGES); } \
 	    || echo "browser-deps: could not install $(BROWSER_PACKAGES); the browser tests will skip"; \
 	  else echo "browser-deps: $(BROWSER_PACKAGES) missing and not root; the browser tests will skip"; fi; \
+	fi
+
+# The PostgreSQL-store tests start a private server from Debian's postgresql
+# binaries (tests/pgserver.py); installed here when missing (root, as in CI).
+pg-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "pg-deps: installing postgresql with apt-get"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql \
+	  || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; } \
+	  || echo "pg-deps: could not install postgresql (root and a network are needed)"; \
 	fi
 
 # Benchmarks (docs/performance.rst). Extra options: make bench BENCH_ARGS="--big --runs 5".

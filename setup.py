@@ -16,7 +16,9 @@ setup(
     package_data={"twisted.plugins": ["mbt_plugins.py"], "mbt.web": ["static/app.js", "static/app.css"]},
     install_requires=["twisted[tls,conch]>=22.10", "service-identity", "pyopenssl", "cryptography"],
     extras_require={
-        "test": ["pytest", "pytest-twisted", "hypothesis", "selenium"],
+        # psycopg 3 with its binary wheel: trackers over PostgreSQL (--store), and their tests.
+        "postgresql": ["psycopg[binary]>=3.1"],
+        "test": ["pytest", "pytest-twisted", "hypothesis", "selenium", "psycopg[binary]>=3.1"],
         "bench": ["matplotlib"],
     },
     entry_points={

@@ -135,6 +135,10 @@ class TrackerFlags(_Options):
          "[default: ~/.local/share/mbt/tracker-N]"],
         ["secret-file", None, None, "the trackers' shared secret "
          "[default: .mbt-tracker-secret next to TRACKER_INFO, created if missing]"],
+        ["store", None, None, "postgresql://USER@HOST/DB: keep the state in this database, shared by "
+         "any number of trackers (password from PGPASSWORD, ~/.pgpass or the URL); no state dir"],
+        ["import-from", None, None, "with --store: first copy the SQLite tracker state in this "
+         "state dir into the (empty) database"],
     ] + TLS_PARAMETERS
 
     def postOptions(self) -> None:
@@ -153,9 +157,19 @@ class TrackerFlags(_Options):
         except ConfigError as e:
             raise BadConfig(str(e))
         self._check_tls()
-        if not self["state-dir"]:
+        self._check_store()
+        if not self["state-dir"] and not self["store"]:
             self["state-dir"] = default_state_dir("tracker-%d" % self["no"])
         self._default_pidfile("mbt-tracker-%d.pid" % self["no"])
+
+    def _check_store(self) -> None:
+        """``--store`` must be a PostgreSQL URL; ``--import-from``/``--export-to`` need it."""
+        from mbt.tracker.pgstore import is_url
+        if self["store"] and not is_url(self["store"]):
+            raise BadConfig("--store must be a postgresql://USER@HOST/DB URL")
+        for key in ("import-from", "export-to"):
+            if self.get(key) and not self["store"]:
+                raise BadConfig("--%s needs --store postgresql://..." % key)
 
     def _default_pidfile(self, name: str) -> None:
         """Under twistd, a pid file per tracker/peer instead of one ``twistd.pid``.
@@ -195,6 +209,8 @@ class TrackerCommandOptions(TrackerFlags):
     positional = ["TRACKER_INFO", "N"]
     optParameters = [
         ["log-file", None, None, "write the log here [default: stderr]"],
+        ["export-to", None, None, "with --store: copy the database's state into this new state dir "
+         "(a backup an SQLite tracker runs on) and exit"],
     ]
 
     def parseArgs(self, *args: str) -> None:

@@ -128,10 +128,19 @@ def run_tracker(reactor, config):
     """The tracker process: start, print where it listens, serve until ``quit`` or a signal."""
     from twisted.internet import stdio
     from mbt.tap import build_tracker
+    if config.get("export-to"):
+        from mbt.tracker.migrate import export_state_dir
+        try:
+            counts = export_state_dir(config["store"], config["export-to"])
+        except ConfigError as e:
+            _fail(str(e), 2)
+        print("exported %(users)d users, %(groups)d groups, %(requests)d requests, %(files)d files"
+              % counts + " to %s" % config["export-to"], flush=True)
+        return 0
     svc = build_tracker(config, reactor)
     port = yield start(svc, lambda: svc.listening, config["log-file"])
     h = port.getHost()
-    print("tracker %d listening on %s:%d; state in %s" % (config["no"], h.host, h.port, svc.state_dir),
+    print("tracker %d listening on %s:%d; state in %s" % (config["no"], h.host, h.port, svc.where),
           flush=True)
 
     done = defer.Deferred()

@@ -44,7 +44,8 @@ def build_tracker(config, reactor=None):
     return TrackerService(endpoint, config["state-dir"], reactor=reactor, trackers=config["trackers"],
                           number=config["no"], tls=tls,
                           secret_file=secret_file or default_secret_path(config["info"]),
-                          create_secret=not secret_file, relays=config.get("relays"))
+                          create_secret=not secret_file, relays=config.get("relays"),
+                          store_url=config.get("store"), import_from=config.get("import-from"))
 
 
 def build_peer(config, reactor=None, kind=None):

@@ -44,15 +44,16 @@ def manifest(name="song.bin", size=3 * PIECE_SIZE + 7, h="a"):
 # -- in-process: TrackerService over loopback ---------------------------------------
 
 class Services:
-    """Started TrackerServices, all stopped at teardown."""
+    """Started TrackerServices, all stopped at teardown (over ``store_url`` if given)."""
 
-    def __init__(self, root):
+    def __init__(self, root, store_url=None):
         self.root = root
+        self.store_url = store_url
         self.running = []
 
     @pytest_twisted.inlineCallbacks
     def start(self, state="state"):
-        svc = TrackerService("tcp:0:interface=127.0.0.1", str(self.root / state))
+        svc = TrackerService("tcp:0:interface=127.0.0.1", str(self.root / state), store_url=self.store_url)
         svc.startService()
         port = yield svc.listening
         self.running.append(svc)
@@ -65,9 +66,8 @@ class Services:
         yield svc.stopService()
 
 
-@pytest.fixture
-def services(tmp_path):
-    s = Services(tmp_path)
+def _services(root, store_url):
+    s = Services(root, store_url)
     clients = []
     s.clients = clients
     yield s
@@ -76,6 +76,18 @@ def services(tmp_path):
             c.transport.loseConnection()
     for svc in list(s.running):
         pytest_twisted.blockon(s.stop(svc))
+
+
+@pytest.fixture
+def services(tmp_path, store_url):
+    """Trackers over each store in turn: SQLite, then PostgreSQL."""
+    yield from _services(tmp_path, store_url)
+
+
+@pytest.fixture
+def sqlite_services(tmp_path):
+    """Trackers over the SQLite store only (state-dir behaviour)."""
+    yield from _services(tmp_path, None)
 
 
 @pytest_twisted.inlineCallbacks
@@ -192,7 +204,8 @@ def test_state_survives_a_restart_but_sessions_do_not(services):
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_second_tracker_on_the_same_state_dir_is_refused(services, tmp_path):
+def test_a_second_tracker_on_the_same_state_dir_is_refused(sqlite_services, tmp_path):
+    services = sqlite_services
     svc = yield services.start()
     second = TrackerService("tcp:0:interface=127.0.0.1", str(tmp_path / "state"))
     with pytest.raises(ConfigError, match="in use by another mbt process"):

@@ -255,6 +255,11 @@ class Replicator:
                 timer.cancel()
             d.callback(None)
 
+    @property
+    def head(self) -> int:
+        """Sequence number of the last operation applied here."""
+        return self.oplog.head
+
     def status(self) -> dict:
         """A summary for monitoring (the ``tracker_status`` request)."""
         return {"tracker": self.number, "role": self.role, "leader": self.leader,

@@ -202,7 +202,7 @@ class TrackerCore:
 
     def op_state_digest(self, conn: Connection, req: dict) -> dict:
         """A hash of the durable state and the log position: equal on trackers in sync."""
-        return {"digest": self.state.digest(), "seq": self.replicator.oplog.head,
+        return {"digest": self.state.digest(), "seq": self.replicator.head,
                 "tracker": self.replicator.number}
 
     def op_tracker_status(self, conn: Connection, req: dict) -> dict:
@@ -281,7 +281,14 @@ class TrackerCore:
         conn.token = secrets.token_urlsafe(24)
         conn.session_key = session_key
         session = self.state.open_session(conn.session_id, user, address)
-        self.presence.opened(session)
+        try:
+            # With a database store this waits until every tracker can see the session.
+            yield self.presence.opened(session)
+        except MbtError:
+            self.state.close_session(session.session_id)
+            conn.session_id = conn.user = conn.token = conn.address = None
+            conn.session_key = None
+            raise
         self._by_session[conn.session_id] = conn
         self._probe(conn.session_id, address)
         return {"user": user, "token": conn.token, "time": self.clock.seconds()}
@@ -382,7 +389,9 @@ class TrackerCore:
             # The session may have ended while the write was replicated.
             if session_id is not None and session_id == conn.session_id and session_id in self.state.sessions:
                 self.state.announce(session_id, group, manifest.name)
-                self.presence.announced(session_id, group, manifest.name)
+                told = self.presence.announced(session_id, group, manifest.name)
+                if isinstance(told, defer.Deferred):    # a database store: visible fleet-wide first
+                    return told.addCallback(lambda _: result)
             return result
         return d.addCallback(announce)
 
@@ -455,19 +464,33 @@ class TrackerService(service.Service):
     Building the service touches nothing: :meth:`startService` creates and
     locks the state dir, opens the database and replays it (raising
     ConfigError if it cannot), then listens; ``listening`` fires with the port.
+
+    With ``store_url`` (``postgresql://...``) the tracker keeps no state of its
+    own: ``state_dir`` is ignored and the fleet's database holds everything
+    (:mod:`mbt.tracker.pgfleet`); the trackers do not link to each other.
     """
 
-    def __init__(self, endpoint, state_dir: str, reactor=None,
+    def __init__(self, endpoint, state_dir: Optional[str], reactor=None,
                  trackers: Optional[List[TrackerAddress]] = None, number: int = 1,
                  secret: Optional[bytes] = None, timing: Optional[Timing] = None, tls=None,
                  relays: Optional[List[str]] = None,
-                 secret_file: Optional[str] = None, create_secret: bool = False) -> None:
+                 secret_file: Optional[str] = None, create_secret: bool = False,
+                 store_url: Optional[str] = None, fleet_options: Optional[dict] = None,
+                 import_from: Optional[str] = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _r
             reactor = _r
         self._reactor = reactor
         self.number = number
-        self.state_dir = os.path.abspath(os.path.expanduser(state_dir))
+        self.store_url = store_url
+        self.import_from = import_from
+        self.fleet_options = fleet_options or {}
+        if store_url:
+            from mbt.tracker.pgstore import safe_url
+            self.state_dir = None
+            self.where = safe_url(store_url)
+        else:
+            self.state_dir = self.where = os.path.abspath(os.path.expanduser(state_dir))
         self.trackers = trackers
         self.relays = relays
         self.endpoint = endpoint
@@ -492,7 +515,10 @@ class TrackerService(service.Service):
             secret = load_or_create_secret(self.secret_file, create=self.create_secret)
         if secret is None:
             secret = secrets.token_bytes(32)
-        self.state_dir = ensure_state_dir(self.state_dir)
+        if self.store_url:
+            self._open_fleet(secret)
+            return
+        self.state_dir = self.where = ensure_state_dir(self.state_dir)
         self.lock = StateDirLock(self.state_dir)
         try:
             self.store = SQLiteStore(os.path.join(self.state_dir, "tracker.sqlite3"))
@@ -512,6 +538,24 @@ class TrackerService(service.Service):
         self.mesh = Mesh(number, secret, self.replicator, reactor, self.trackers, tls=self.tls)
         self.factory = TrackerServerFactory(self.core, self.mesh)
 
+    def _open_fleet(self, secret: bytes) -> None:
+        """Over PostgreSQL: read the newest snapshot and the log after it (ConfigError if unreachable)."""
+        from mbt.tracker.pgfleet import PgFleet
+        from mbt.protocols.tracker import TrackerServerFactory
+        if self.import_from:
+            from mbt.tracker.migrate import import_state_dir
+            counts = import_state_dir(self.import_from, self.store_url)
+            log.info("imported {users} users, {groups} groups, {requests} requests, {files} files"
+                     " ({operations} operations) from {src}", src=self.import_from, **counts)
+            self.import_from = None
+        state, reactor = TrackerState(), self._reactor
+        self.replicator = PgFleet(self.number, state, self.store_url, reactor, **self.fleet_options)
+        self.core = TrackerCore(state, None, replicator=self.replicator,
+                                signing_key=tickets.signing_key_from_secret(secret), clock=reactor,
+                                relays=self.relays, probe=lambda address: tcp_probe(reactor, address))
+        self.loaded = self.core.load()
+        self.factory = TrackerServerFactory(self.core, None)
+
     def startService(self) -> None:
         self.open()
         service.Service.startService(self)
@@ -525,10 +569,11 @@ class TrackerService(service.Service):
             self.port = port
             addr = port.getHost()
             log.info("tracker listening on {host}:{port}; state in {dir} ({n} operations loaded)",
-                     host=addr.host, port=addr.port, dir=self.state_dir, n=self.loaded)
+                     host=addr.host, port=addr.port, dir=self.where, n=self.loaded)
             # Listen first (other trackers reach us on this port), then look for them.
             self.replicator.start()
-            self.mesh.start()
+            if self.mesh is not None:
+                self.mesh.start()
             return port
         d.addCallback(listening)
         self.listening = d
@@ -540,7 +585,9 @@ class TrackerService(service.Service):
         def close(_):
             if self.mesh is not None:
                 self.mesh.stop()
+            if self.replicator is not None:
                 self.replicator.stop()
+            if self.factory is not None:
                 self.factory.disconnect_all()
             if self.store is not None:
                 self.store.close()

@@ -164,6 +164,10 @@ class SQLiteStore:
         """Forget an orphan (it was re-proposed, or refused)."""
         self._db.execute("DELETE FROM orphans WHERE id = ?", (orphan_id,))
 
+    def bulk(self):
+        """A context manager holding many appends in one transaction (exports, imports)."""
+        return self._transaction()
+
     def close(self) -> None:
         """Close the database."""
         self._db.close()

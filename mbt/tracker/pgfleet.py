@@ -1,0 +1,454 @@
+"""Trackers over PostgreSQL: one shared operation log, sequenced by the database.
+
+A :class:`PgFleet` takes the place of the :class:`~mbt.tracker.replication.Replicator`
+when a tracker runs with ``--store postgresql://...`` (docs/deployment.rst
+has the design). In short:
+
+* **writes** -- one transaction per operation: lock the log's head row
+  (``FOR UPDATE``; the database serialises the fleet's writes), read the
+  operations this tracker has not applied yet, apply them, validate the new
+  operation with :meth:`TrackerState.apply` -- the very rules the SQLite mode
+  uses, nowhere else -- and insert it as the next sequence number, or roll
+  back if it was refused. Two trackers racing for ``create_user bob`` queue on
+  the row lock; the second sees the first's operation and gets ``user_exists``.
+* **reads** -- every request waits for a *catch-up* (read the log after our
+  head) that started after the request arrived, so a write acknowledged by any
+  tracker is visible here before the next request is answered. Concurrent
+  requests share one catch-up, so the database sees at most one such query per
+  tracker at a time, whatever the request rate.
+* **presence** -- logins, logouts and announcements are operations in the same
+  log (``presence_*``), applied to sessions only. Each tracker renews a lease
+  every ``heartbeat`` seconds; when a tracker's lease has been expired, any
+  other tracker logs ``presence_reset`` for it, dropping its peers: they
+  disappear within ``lease + heartbeat`` seconds of its death.
+* **snapshots** -- every ``snapshot_every`` operations a tracker rebuilds the
+  state at that point in a worker thread and stores it; older log rows are
+  deleted. Start-up reads the newest snapshot plus the tail.
+* **failures** -- a request that needs the database while it is unreachable
+  fails at once with ``tracker database unavailable; retrying``; the next
+  request (or the heartbeat, every second) reconnects. A commit whose outcome
+  is unknown makes the tracker reload its state from the database.
+
+All database calls run in a small thread pool (psycopg is blocking); the state
+is touched only on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Callable, Deque, List, Optional, Tuple
+
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from mbt.errors import ConfigError, MbtError
+from mbt.tracker import snapshot
+from mbt.tracker.pgstore import DatabaseUnavailable, PgLog, safe_url
+from mbt.tracker.state import Session, TrackerState
+
+log = Logger(namespace="mbt.tracker.pgfleet")
+
+#: Seconds between lease renewals; a tracker's lease lasts LEASE seconds.
+HEARTBEAT = 1.0
+LEASE = 5.0
+#: A snapshot is taken after every this many operations.
+SNAPSHOT_EVERY = 20000
+
+
+def apply_entry(state: TrackerState, op: dict, me: Optional[int]) -> None:
+    """Apply one logged operation to ``state`` as tracker ``me`` sees it.
+
+    Durable operations go through :meth:`TrackerState.apply` (a logged one
+    always applies: it was validated against the same state when logged).
+    Presence operations of tracker ``me`` itself are skipped: its own sessions
+    are the local ones. ``me=None`` (snapshot building) mirrors every tracker.
+    """
+    name = op.get("op")
+    if not (isinstance(name, str) and name.startswith("presence_")):
+        try:
+            state.apply(op)
+        except MbtError as e:
+            shown = {k: v for k, v in op.items() if k != "password_record"}
+            log.error("logged operation {op!r} no longer applies: {err}", op=shown, err=e.message)
+        return
+    origin = op.get("tracker")
+    if not isinstance(origin, int) or origin == me:
+        return
+    sid = str(op.get("sid", ""))
+    if name == "presence_open":
+        state.put_remote_session(origin, sid, str(op.get("user")), str(op.get("address")))
+    elif name == "presence_announce":
+        state.remote_announce(origin, sid, str(op.get("group")), str(op.get("name")), True)
+    elif name == "presence_close":
+        state.drop_remote_session(origin, sid)
+    elif name == "presence_reset":
+        state.drop_remote_sessions(origin)
+
+
+def fleet_snapshot(state: TrackerState, me: Optional[int]) -> str:
+    """A snapshot in which tracker ``me``'s own (local) sessions appear as its remote ones."""
+    data = snapshot.dump(state, sessions=True)
+    if me is not None:
+        data["sessions"] = [
+            [TrackerState.remote_session_id(me, sid), user, address, shares, me] if origin == 0
+            else [sid, user, address, shares, origin]
+            for sid, user, address, shares, origin in data["sessions"]]
+    return json.dumps(data, separators=(",", ":"))
+
+
+def rebuild(text: Optional[str], rows: List[Tuple[int, str]], me: Optional[int],
+            state: Optional[TrackerState] = None) -> TrackerState:
+    """A state from a snapshot (or nothing) and the operations after it."""
+    state = state if state is not None else TrackerState()
+    if text is not None:
+        snapshot.loads(state, text)
+    else:
+        state.reset_durable()
+        state.sessions.clear()
+    for _seq, op_text in rows:
+        apply_entry(state, json.loads(op_text), me)
+    return state
+
+
+class FleetPresence:
+    """This tracker's session changes, logged for the fleet (the PresenceGossip of PG mode)."""
+
+    def __init__(self, fleet: "PgFleet") -> None:
+        self.fleet = fleet
+
+    def opened(self, session: Session) -> defer.Deferred:
+        """A client logged in here: fires once the fleet can see it."""
+        return self.fleet.propose({"op": "presence_open", "tracker": self.fleet.number,
+                                   "sid": session.session_id, "user": session.user,
+                                   "address": session.address})
+
+    def closed(self, session_id: str) -> defer.Deferred:
+        """A session here ended."""
+        d = self.fleet.propose({"op": "presence_close", "tracker": self.fleet.number, "sid": session_id})
+        d.addErrback(self._lost, "close")
+        return d
+
+    def announced(self, session_id: str, group: str, name: str) -> defer.Deferred:
+        """A session here announced a file it serves."""
+        session = self.fleet.state.sessions.get(session_id)
+        if session is None or (group, name) not in session.shares:
+            return defer.succeed(None)
+        return self.fleet.propose({"op": "presence_announce", "tracker": self.fleet.number,
+                                   "sid": session_id, "group": group, "name": name})
+
+    @staticmethod
+    def _lost(f: Failure, what: str) -> None:
+        # The lease expiry cleans up after us if the database was away.
+        log.warn("could not log presence {what}: {err}", what=what, err=f.getErrorMessage())
+
+    def stop(self) -> None:
+        """Nothing to cancel."""
+
+
+class PgFleet:
+    """One tracker's link to the fleet's database: serving gate, writes, presence, leases."""
+
+    def __init__(self, number: int, state: TrackerState, url: str, clock,
+                 heartbeat: float = HEARTBEAT, lease: float = LEASE,
+                 snapshot_every: int = SNAPSHOT_EVERY, pool_size: int = 4) -> None:
+        self.number = number
+        self.state = state
+        self.url = url
+        self.clock = clock
+        self.heartbeat_interval = heartbeat
+        self.lease = lease
+        self.snapshot_every = snapshot_every
+        self.presence = FleetPresence(self)
+        self.head = 0
+        self.db_ok = True
+        self._reader, self._writer, self._beater, self._snapper = (PgLog(url) for _ in range(4))
+        self._pool = ThreadPool(minthreads=1, maxthreads=pool_size, name="mbt-db")
+        self._writes: Deque[Tuple[dict, defer.Deferred]] = deque()
+        self._writing = False
+        self._inflight: Optional[defer.Deferred] = None    # validated, not yet committed
+        self._sync_running = False
+        self._sync_waiters: List[defer.Deferred] = []
+        self._stale = False                                 # memory may differ from the database
+        self._expiring: set = set()
+        self._snapshotting = False
+        self._beat = None
+        self._stopped = False
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def load(self, on_error: Callable = None) -> int:
+        """Read the newest snapshot and the log after it (blocking: before the reactor serves)."""
+        try:
+            self._reader.ensure_schema()
+            base, text, rows = self._reader.load()
+        except DatabaseUnavailable:
+            raise ConfigError("cannot reach the tracker database %s" % safe_url(self.url))
+        rebuild(text, rows, self.number, self.state)
+        # Sessions of an earlier run of this tracker are gone with its connections.
+        self.state.drop_remote_sessions(self.number)
+        self.head = rows[-1][0] if rows else base
+        return self.head
+
+    def start(self) -> None:
+        """Start the thread pool, announce this (re)started tracker, renew leases."""
+        if self._beat is not None or self._stopped:
+            return
+        self._pool.start()
+        self.propose({"op": "presence_reset", "tracker": self.number}).addErrback(
+            lambda f: log.warn("could not reset presence: {err}", err=f.getErrorMessage()))
+        self._beat = task.LoopingCall(self._heartbeat)
+        self._beat.clock = self.clock
+        self._beat.start(self.heartbeat_interval, now=True)
+
+    def stop(self) -> None:
+        """Stop renewing the lease, fail waiting requests, close the connections."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._beat is not None and self._beat.running:
+            self._beat.stop()
+        waiters, self._sync_waiters = self._sync_waiters, []
+        for d in waiters:
+            d.errback(DatabaseUnavailable())
+        writes, self._writes = list(self._writes), deque()
+        for _op, d in writes:
+            d.errback(DatabaseUnavailable())
+        self._pool.stop()
+        for db in (self._reader, self._writer, self._beater, self._snapper):
+            db.close()
+
+    def _in_pool(self, fn, *args) -> defer.Deferred:
+        return threads.deferToThreadPool(self.clock, self._pool, fn, *args)
+
+    # -- serving -------------------------------------------------------------------
+
+    @property
+    def serving(self) -> bool:
+        """Did the last database call succeed?"""
+        return self.db_ok and not self._stopped
+
+    def status(self) -> dict:
+        """A summary for monitoring (the ``tracker_status`` request)."""
+        return {"tracker": self.number, "role": "database", "leader": None, "serving": self.serving,
+                "seq": self.head, "linked": [], "store": safe_url(self.url)}
+
+    def wait_serving(self) -> defer.Deferred:
+        """A Deferred that fires once this tracker has caught up with every write
+        committed before now, or fails with DatabaseUnavailable."""
+        if self._stopped:
+            return defer.fail(DatabaseUnavailable())
+        d = defer.Deferred()
+        self._sync_waiters.append(d)
+        if not self._sync_running:
+            self._sync()
+        return d
+
+    def _sync(self) -> None:
+        self._sync_running = True
+        waiters, self._sync_waiters = self._sync_waiters, []
+        d = self._catch_up()
+
+        def settle(result):
+            # Never answer from an operation this tracker has applied but not committed yet.
+            if self._inflight is not None:
+                w = defer.Deferred()
+                self._inflight.addBoth(lambda r: (w.callback(None), r)[1])
+                return w.addCallback(lambda _: result)
+            return result
+        d.addBoth(settle)
+
+        def done(result):
+            self._sync_running = False
+            for w in waiters:
+                if isinstance(result, Failure):
+                    w.errback(result.value if result.check(MbtError) else DatabaseUnavailable())
+                else:
+                    w.callback(None)
+            if self._sync_waiters and not self._stopped:
+                self._sync()
+        d.addBoth(done)
+
+    @defer.inlineCallbacks
+    def _catch_up(self):
+        """Apply every committed operation after our head (reload if they were compacted)."""
+        while True:
+            if self._stale:
+                yield self._reload()
+            try:
+                rows = yield self._in_pool(self._reader.tail, self.head)
+            except LookupError:
+                self._stale = True
+                continue
+            except DatabaseUnavailable:
+                self._db_failed()
+                raise
+            self.db_ok = True
+            self._apply_rows(rows)
+            if len(rows) < 20000:
+                return
+
+    @defer.inlineCallbacks
+    def _reload(self):
+        try:
+            base, text, rows = yield self._in_pool(self._reader.load)
+        except DatabaseUnavailable:
+            self._db_failed()
+            raise
+        local = {sid: s for sid, s in self.state.sessions.items() if s.origin == 0}
+        rebuild(text, rows, self.number, self.state)
+        self.state.drop_remote_sessions(self.number)
+        self.state.sessions.update(local)
+        self.head = rows[-1][0] if rows else base
+        self._stale = False
+        log.info("reloaded the state from the database at operation {seq}", seq=self.head)
+
+    def _apply_rows(self, rows: List[Tuple[int, str]]) -> None:
+        for seq, text in rows:
+            if seq <= self.head:
+                continue
+            if seq != self.head + 1:
+                self._stale = True
+                return
+            op = json.loads(text)
+            apply_entry(self.state, op, self.number)
+            self.head = seq
+            if op.get("op") == "presence_reset" and op.get("tracker") == self.number:
+                self._reannounce()
+
+    def _db_failed(self) -> None:
+        if self.db_ok:
+            log.warn("tracker database {url} unavailable; retrying", url=safe_url(self.url))
+        self.db_ok = False
+
+    # -- writes ------------------------------------------------------------------------
+
+    def propose(self, op: dict) -> defer.Deferred:
+        """Validate and log ``op`` for the whole fleet (one transaction); fires with its result."""
+        if self._stopped:
+            return defer.fail(DatabaseUnavailable())
+        d = defer.Deferred()
+        self._writes.append((op, d))
+        if not self._writing:
+            self._next_write()
+        return d
+
+    def _next_write(self) -> None:
+        if not self._writes or self._stopped:
+            self._writing = False
+            return
+        self._writing = True
+        op, d = self._writes.popleft()
+        self._write(op).chainDeferred(d)
+        d.addBoth(self._after_write)
+
+    def _after_write(self, result):
+        self.clock.callLater(0, self._next_write)
+        return result
+
+    @defer.inlineCallbacks
+    def _write(self, op: dict):
+        if self._stale:
+            yield self._reload()
+        try:
+            head, rows = yield self._in_pool(self._writer.lock_tail, self.head)
+        except LookupError:
+            self._stale = True
+            raise DatabaseUnavailable()
+        except DatabaseUnavailable:
+            self._db_failed()
+            raise
+        self.db_ok = True
+        self._apply_rows(rows)
+        if self.head != head:       # should not happen: we hold the lock
+            self._stale = True
+            yield self._in_pool(self._writer.rollback)
+            raise DatabaseUnavailable()
+        try:
+            if op.get("op", "").startswith("presence_"):
+                apply_entry(self.state, op, self.number)    # our own sessions are local already
+                result = {}
+            else:
+                result = self.state.apply(op)       # the one place the rules are checked
+        except MbtError:
+            yield self._in_pool(self._writer.rollback)
+            raise
+        seq = head + 1
+        self.head = seq
+        inflight = self._inflight = defer.Deferred()
+        try:
+            yield self._in_pool(self._writer.append, seq, op)
+        except Exception:
+            # Maybe committed, maybe not: the database decides; reload from it.
+            self._stale = True
+            self._db_failed()
+            raise DatabaseUnavailable()
+        finally:
+            self._inflight = None
+            inflight.callback(None)
+        if seq % self.snapshot_every == 0:
+            self._take_snapshot(seq)
+        return result
+
+    def _reannounce(self) -> None:
+        """Another tracker took us for dead and dropped our peers: announce them again."""
+        log.warn("the fleet expired this tracker's presence; announcing its sessions again")
+        for s in self.state.local_sessions():
+            self.presence.opened(s).addErrback(lambda f: None)
+            for group, name in sorted(s.shares):
+                self.propose({"op": "presence_announce", "tracker": self.number, "sid": s.session_id,
+                              "group": group, "name": name}).addErrback(lambda f: None)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _heartbeat(self):
+        try:
+            expired = yield self._in_pool(self._beater.heartbeat, self.number, self.lease)
+        except DatabaseUnavailable:
+            self._db_failed()
+            return
+        except Exception as e:      # never let the loop die
+            log.failure("heartbeat failed", Failure(e))
+            return
+        if not self.db_ok:
+            log.info("tracker database {url} reachable again", url=safe_url(self.url))
+        self.db_ok = True
+        for number in expired:
+            if number == self.number or number in self._expiring:
+                continue
+            if not any(s.origin == number for s in self.state.sessions.values()):
+                continue
+            self._expiring.add(number)
+            log.info("tracker {n}'s lease ran out; dropping its peers", n=number)
+            d = self.propose({"op": "presence_reset", "tracker": number})
+            d.addBoth(lambda _, n=number: self._expiring.discard(n))
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def _take_snapshot(self, seq: int) -> None:
+        if self._snapshotting:
+            return
+        self._snapshotting = True
+        db = self._snapper
+
+        def build():
+            base, text, rows = db.load()
+            rows = [r for r in rows if r[0] <= seq]
+            if base >= seq or not rows or rows[-1][0] != seq:
+                return None
+            state = rebuild(text, rows, None)
+            db.save_snapshot(seq, snapshot.dumps(state, sessions=True))
+            return seq
+
+        d = self._in_pool(build)
+
+        def done(result):
+            self._snapshotting = False
+            if isinstance(result, Failure):
+                log.warn("snapshot at {seq} failed: {err}", seq=seq, err=result.getErrorMessage())
+            elif result:
+                log.info("snapshot of the state at operation {seq} stored", seq=seq)
+        d.addBoth(done)

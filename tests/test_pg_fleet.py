@@ -1,0 +1,285 @@
+"""Trackers over PostgreSQL for real: ``mbt-tracker --store URL`` processes on one database.
+
+The session's private PostgreSQL server (tests/pgserver.py) gives each test a
+fresh database. Trackers are SIGKILLed, PostgreSQL is restarted under them,
+and a deployment is moved from SQLite into the database and back. Every wait
+is a bounded poll; every process is killed at teardown.
+"""
+
+import os
+import re
+import threading
+import time
+
+import pytest
+
+from mbt.driver import Console, Process, bin_path, free_port, wait_port
+from tests.test_replication_integration import MANIFEST, Client, call, login, wait_until
+
+
+class Fleet:
+    """``mbt-tracker --store URL`` processes of one TRACKER_INFO; killed at teardown."""
+
+    def __init__(self, root, count: int, url: str) -> None:
+        self.root = root
+        self.url = url
+        self.ports = [free_port() for _ in range(count)]
+        self.info = str(root / "tracker_info.txt")
+        (root / "tracker_info.txt").write_text("".join("127.0.0.1:%d\n" % p for p in self.ports))
+        self.home = root / "home"           # proves no state dir is made: nothing may appear here
+        self.home.mkdir()
+        self.procs = {}
+
+    def port(self, n: int) -> int:
+        return self.ports[n - 1]
+
+    def start(self, n: int, extra=()) -> Process:
+        env = dict(os.environ, HOME=str(self.home), XDG_DATA_HOME=str(self.home / "data"))
+        p = Process([bin_path("mbt-tracker"), self.info, str(n), "--store", self.url] + list(extra),
+                    log=str(self.root / ("tracker%d.log" % n)), env=env)
+        self.procs[n] = p
+        wait_port(self.port(n), 20, p.proc)
+        return p
+
+    def kill(self, n: int) -> None:
+        self.procs.pop(n).kill()
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            p.kill()
+        self.procs.clear()
+
+    def digests(self, numbers) -> set:
+        return {call(self.port(n), "state_digest")["ok"]["digest"] for n in numbers}
+
+
+@pytest.fixture
+def fleet(tmp_path, pg_url):
+    made = []
+
+    def make(count: int, url: str = pg_url) -> Fleet:
+        f = Fleet(tmp_path, count, url)
+        made.append(f)
+        return f
+    yield make
+    for f in made:
+        f.stop_all()
+
+
+def test_racing_writes_through_three_trackers_exactly_one_wins(fleet):
+    t = fleet(3)
+    for n in (1, 2, 3):
+        t.start(n)
+    for round_ in range(5):
+        name = "bob%d" % round_
+        clients = [Client(t.port(1 + round_ % 3)), Client(t.port(1 + (round_ + 1) % 3))]
+        barrier = threading.Barrier(2)
+        replies = [None, None]
+
+        def race(i):
+            barrier.wait()
+            replies[i] = clients[i].call("create_user", user=name, password="pw%d" % i)
+        threads = [threading.Thread(target=race, args=(i,)) for i in (0, 1)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(20)
+        outcomes = sorted("ok" if "ok" in r else r["error"]["code"] for r in replies)
+        assert outcomes == ["ok", "user_exists"], replies
+        winner = 0 if "ok" in replies[0] else 1
+        # Visible through every tracker at once (no wait): the winner's password works, the loser's not.
+        for n in (1, 2, 3):
+            c = Client(t.port(n))
+            assert "ok" in c.call("login", user=name, password="pw%d" % winner, address="127.0.0.1:1")
+            c.close()
+            c = Client(t.port(n))
+            assert c.call("login", user=name, password="pw%d" % (1 - winner),
+                          address="127.0.0.1:1")["error"]["code"] == "bad_credentials"
+            c.close()
+        for c in clients:
+            c.close()
+    # Two owners accepting the same request through two trackers: one succeeds.
+    owner1 = login(t.port(1), "olga", "127.0.0.1:7001")
+    owner1.ok("create_group", group="club")
+    joiner = login(t.port(2), "jim", "127.0.0.1:7002")
+    joiner.ok("join_group", group="club")
+    owner2 = login(t.port(3), "olga", "127.0.0.1:7003", create=False)
+    replies = [None, None]
+    barrier = threading.Barrier(2)
+
+    def accept(i, c):
+        barrier.wait()
+        replies[i] = c.call("accept_request", group="club", user="jim")
+    threads = [threading.Thread(target=accept, args=(i, c)) for i, c in enumerate((owner1, owner2))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(20)
+    assert sorted("ok" if "ok" in r else r["error"]["code"] for r in replies) == ["no_such_request", "ok"]
+    assert len(t.digests([1, 2, 3])) == 1
+    assert not os.listdir(t.home)       # no tracker made a state dir
+
+
+def test_presence_across_trackers_expiry_of_a_dead_one_and_a_fourth_tracker(fleet):
+    t = fleet(4)
+    for n in (1, 2, 3):
+        t.start(n)
+    alice = login(t.port(1), "alice", "127.0.0.1:7001")
+    bob = login(t.port(2), "bob", "127.0.0.1:7002")
+    alice.ok("create_group", group="club")
+    bob.ok("join_group", group="club")
+    alice.ok("accept_request", group="club", user="bob")
+    alice.ok("share_file", group="club", manifest=MANIFEST)
+    # Written through tracker 1, seen through tracker 2 by the very next request.
+    assert [p["address"] for p in bob.ok("get_peers", group="club", name="song.bin")["peers"]] \
+        == ["127.0.0.1:7001"]
+    assert bob.ok("list_files", group="club")["files"][0]["peers"] == 1
+    listed = lambda: [p["address"] for p in bob.ok("get_peers", group="club", name="song.bin")["peers"]]
+    t.kill(1)
+    killed = time.monotonic()
+    wait_until(lambda: listed() == [], 10.0, "alice's peer forgotten after tracker 1 died")
+    gone = time.monotonic() - killed
+    assert gone < 5.0 + 1.0 + 1.5      # LEASE + HEARTBEAT (docs/deployment.rst), plus slack
+    # A 4th tracker, never started before and without any state dir, serves at once.
+    started = time.monotonic()
+    t.start(4)
+    carol = Client(t.port(4))
+    assert carol.call("login", user="alice", password="pw-alice", address="127.0.0.1:7001")["ok"]
+    ready = time.monotonic() - started
+    carol.ok("share_file", group="club", manifest=MANIFEST)
+    assert listed() == ["127.0.0.1:7001"]
+    assert len(t.digests([2, 3, 4])) == 1
+    for c in (alice, bob, carol):
+        c.close()
+    print("\npeers of a SIGKILLed tracker stopped being listed after %.2f s; a new tracker served "
+          "its first login %.2f s after start" % (gone, ready))
+
+
+def test_restarting_postgresql_under_running_trackers_loses_nothing(fleet, pg_server):
+    t = fleet(2)
+    for n in (1, 2):
+        t.start(n)
+    alice = login(t.port(1), "alice", "127.0.0.1:7001")
+    alice.ok("create_group", group="club")
+    pg_server.stop()
+    try:
+        began = time.monotonic()
+        reply = alice.call("list_groups")
+        assert reply["error"] == {"code": "db_unavailable", "message": "tracker database unavailable; retrying"}
+        assert time.monotonic() - began < 5.0          # fails fast
+        assert Client(t.port(2)).call("create_user", user="zed", password="pw")["error"]["code"] \
+            == "db_unavailable"
+    finally:
+        pg_server.start()
+    # Both trackers reconnect by themselves; what was acknowledged is there, the failed write is not.
+    wait_until(lambda: "ok" in Client(t.port(2)).call("ping"), 15, "tracker 2 serving again", 0.2)
+    bob = login(t.port(2), "bob", "127.0.0.1:7002")
+    assert bob.ok("list_groups")["groups"] == [{"group": "club", "owner": "alice", "members": 1}]
+    assert Client(t.port(1)).call("login", user="zed", password="pw",
+                                  address="127.0.0.1:1")["error"]["code"] == "bad_credentials"
+    wait_until(lambda: "ok" in alice.call("list_groups"), 15, "tracker 1 serving again", 0.2)
+    assert len(t.digests([1, 2])) == 1
+
+
+def test_sigkill_a_tracker_mid_download_and_the_download_finishes(fleet, tmp_path):
+    t = fleet(3)
+    for n in (1, 2, 3):
+        t.start(n)
+    consoles = []
+
+    def peer(name, extra=None):
+        (tmp_path / name).mkdir()
+        c = Console("127.0.0.1:%d" % free_port(), t.info, str(tmp_path / name / "state"),
+                    cwd=str(tmp_path / name), extra=extra, log=str(tmp_path / (name + ".log")))
+        consoles.append(c)
+        return c
+    try:
+        alice = peer("alice", ["--upload-rate", "1M"])       # slow: the download takes seconds
+        bob = peer("bob")
+        for c, name in ((alice, "ann"), (bob, "ben")):
+            assert not c.cmd("create_user %s pw" % name).startswith("error")
+            assert not c.cmd("login %s pw" % name).startswith("error")
+        assert not alice.cmd("create_group g").startswith("error")
+        assert not bob.cmd("join_group g").startswith("error")
+        assert not alice.cmd("accept_request g ben").startswith("error")
+        data = os.urandom(4 * 1024 * 1024 + 5)
+        (tmp_path / "alice" / "big.bin").write_bytes(data)
+        assert not alice.cmd("upload_file big.bin g").startswith("error")
+        assert bob.cmd("download_file g big.bin got.bin").startswith("downloading big.bin")
+
+        def progress():
+            m = re.search(r"(\d+)%", bob.cmd("show_downloads"))
+            return m is not None and 0 < int(m.group(1)) < 60
+        wait_until(progress, 10, "download under way", interval=0.1)
+        t.kill(1)                                   # both peers were on tracker 1
+        wait_until(lambda: not alice.cmd("list_groups").startswith("error"), 10,
+                   "alice's console working again", interval=0.05)
+        status = wait_until(lambda: (lambda s: s if s.startswith(("[C]", "[F]")) else None)(
+            bob.cmd("show_downloads")), 40, "download to end", interval=0.3)
+        assert status == "[C] [g] big.bin"
+        assert (tmp_path / "bob" / "got.bin").read_bytes() == data
+    finally:
+        for c in consoles:
+            c.stop(5)
+
+
+def test_migration_from_sqlite_keeps_everything_and_exports_back(tmp_path, pg_url):
+    port = free_port()
+    info = tmp_path / "tracker_info.txt"
+    info.write_text("127.0.0.1:%d\n" % port)
+    old = Process([bin_path("mbt-tracker"), str(info), "1", "--state-dir", str(tmp_path / "old")],
+                  log=str(tmp_path / "old.log"))
+    try:
+        wait_port(port, 20, old.proc)
+        alice = login(port, "alice", "127.0.0.1:7001")
+        bob = login(port, "bob", "127.0.0.1:7002")
+        carol = login(port, "carol", "127.0.0.1:7003")
+        alice.ok("create_group", group="club")
+        bob.ok("join_group", group="club")
+        alice.ok("accept_request", group="club", user="bob")
+        carol.ok("join_group", group="club")
+        bob.ok("share_file", group="club", manifest=MANIFEST)
+        bob.ok("create_group", group="solo")
+        before = call(port, "state_digest")["ok"]["digest"]
+        for c in (alice, bob, carol):
+            c.close()
+    finally:
+        old.stop(10)
+
+    new = Process([bin_path("mbt-tracker"), str(info), "1", "--store", pg_url,
+                   "--import-from", str(tmp_path / "old")], log=str(tmp_path / "new.log"))
+    try:
+        wait_port(port, 20, new.proc)
+        assert call(port, "state_digest")["ok"]["digest"] == before
+        # Every password still works; groups, requests and files are all there.
+        bob = login(port, "bob", "127.0.0.1:7002", create=False)
+        alice = login(port, "alice", "127.0.0.1:7001", create=False)
+        login(port, "carol", "127.0.0.1:7003", create=False).close()
+        assert bob.ok("list_groups")["groups"] == [{"group": "club", "owner": "alice", "members": 2},
+                                                   {"group": "solo", "owner": "bob", "members": 1}]
+        assert alice.ok("list_requests", group="club")["requests"] == ["carol"]
+        assert [f["name"] for f in bob.ok("list_files", group="club")["files"]] == ["song.bin"]
+        bob.ok("create_group", group="after")           # the database goes on from there
+        after = call(port, "state_digest")["ok"]["digest"]
+        bob.close()
+        alice.close()
+    finally:
+        new.stop(10)
+    # A second import into the same database is refused (it is not empty any more).
+    again = Process([bin_path("mbt-tracker"), str(info), "1", "--store", pg_url,
+                     "--import-from", str(tmp_path / "old")], log=str(tmp_path / "again.log"))
+    assert again.wait(30) == 2
+    assert "already holds" in (tmp_path / "again.log").read_text()
+    # And back: an export is a state dir an SQLite tracker serves with the same state.
+    out = Process([bin_path("mbt-tracker"), str(info), "1", "--store", pg_url,
+                   "--export-to", str(tmp_path / "back")], pipe_stdout=True)
+    assert out.wait(30) == 0
+    assert b"exported 3 users, 3 groups, 1 requests, 1 files" in out.proc.stdout.read()
+    back = Process([bin_path("mbt-tracker"), str(info), "1", "--state-dir", str(tmp_path / "back")],
+                   log=str(tmp_path / "back.log"))
+    try:
+        wait_port(port, 20, back.proc)
+        assert call(port, "state_digest")["ok"]["digest"] == after
+        login(port, "carol", "127.0.0.1:7003", create=False).close()
+    finally:
+        back.stop(10)
