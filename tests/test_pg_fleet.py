@@ -216,7 +216,7 @@ def test_sigkill_a_tracker_mid_download_and_the_download_finishes(fleet, tmp_pat
                    "alice's console working again", interval=0.05)
         status = wait_until(lambda: (lambda s: s if s.startswith(("[C]", "[F]")) else None)(
             bob.cmd("show_downloads")), 40, "download to end", interval=0.3)
-        assert status == "[C] [g] big.bin"
+        assert status == "[C] [g] big.bin  %s" % (tmp_path / "bob" / "got.bin")
         assert (tmp_path / "bob" / "got.bin").read_bytes() == data
     finally:
         for c in consoles:
