@@ -174,7 +174,8 @@ def test_restarting_postgresql_under_running_trackers_loses_nothing(fleet, pg_se
     # Both trackers reconnect by themselves; what was acknowledged is there, the failed write is not.
     wait_until(lambda: "ok" in Client(t.port(2)).call("ping"), 15, "tracker 2 serving again", 0.2)
     bob = login(t.port(2), "bob", "127.0.0.1:7002")
-    assert bob.ok("list_groups")["groups"] == [{"group": "club", "owner": "alice", "members": 1}]
+    assert bob.ok("list_groups")["groups"] == [{"group": "club", "owner": "alice", "members": 1,
+                                                "role": ""}]
     assert Client(t.port(1)).call("login", user="zed", password="pw",
                                   address="127.0.0.1:1")["error"]["code"] == "bad_credentials"
     wait_until(lambda: "ok" in alice.call("list_groups"), 15, "tracker 1 serving again", 0.2)
@@ -255,8 +256,9 @@ def test_migration_from_sqlite_keeps_everything_and_exports_back(tmp_path, pg_ur
         bob = login(port, "bob", "127.0.0.1:7002", create=False)
         alice = login(port, "alice", "127.0.0.1:7001", create=False)
         login(port, "carol", "127.0.0.1:7003", create=False).close()
-        assert bob.ok("list_groups")["groups"] == [{"group": "club", "owner": "alice", "members": 2},
-                                                   {"group": "solo", "owner": "bob", "members": 1}]
+        assert bob.ok("list_groups")["groups"] == [
+            {"group": "club", "owner": "alice", "members": 2, "role": "member"},
+            {"group": "solo", "owner": "bob", "members": 1, "role": "owner"}]
         assert alice.ok("list_requests", group="club")["requests"] == ["carol"]
         assert [f["name"] for f in bob.ok("list_files", group="club")["files"]] == ["song.bin"]
         bob.ok("create_group", group="after")           # the database goes on from there

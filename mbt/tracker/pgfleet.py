@@ -162,6 +162,9 @@ class PgFleet:
         self.lease = lease
         self.snapshot_every = snapshot_every
         self.presence = FleetPresence(self)
+        # The login budget of this tracker alone (not yet shared through the database).
+        from mbt.tracker.login_budget import SharedLoginGuard
+        self.login_guard = SharedLoginGuard(clock)
         self.head = 0
         self.db_ok = True
         self._reader, self._writer, self._beater, self._snapper = (PgLog(url) for _ in range(4))
