@@ -56,12 +56,17 @@ def tracker_info(work: str) -> str:
     return path
 
 
+def notice_line(name: str, notice: str) -> str:
+    """``bob: notice: ...``: a console's notice already says it is one."""
+    return "%s: %s" % (name, notice.strip())
+
+
 def show(address_to_name, consoles):
     def echo(address, line, reply):
         con = consoles.get(address)
         if con is not None:
             for notice in con.notices:
-                say("%s (notice): %s" % (address_to_name[address], notice.strip()))
+                say(notice_line(address_to_name[address], notice))
             del con.notices[:]
         say("%s> %s" % (address_to_name[address], line))
         for ln in reply.splitlines():

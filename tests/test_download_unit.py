@@ -40,3 +40,38 @@ def test_pausing_during_the_resume_check_keeps_the_saved_progress(tmp_path, monk
     assert record.have == [0, 1, 2]                       # progress not wiped
     dl.start()                                            # a second start while the first waits
     assert dl._starting is not None                       # ...reuses it instead of racing
+
+
+class RecordingTracker:
+    """The node's tracker link: each request waits for the test to answer it."""
+
+    def __init__(self):
+        self.requests = []
+
+    def request(self, op, **kwargs):
+        d = defer.Deferred()
+        self.requests.append((op, d))
+        return d
+
+
+def test_a_tracker_error_leaves_the_download_line_once_logged_back_in(tmp_path):
+    from mbt.errors import TrackerUnavailable
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 1000)
+    manifest = hash_file(str(src))
+    node = FakeNode()
+    node.tracker = RecordingTracker()
+    record = DownloadRecord(group="g", name="src.bin", dest=str(tmp_path / "out.bin"),
+                            manifest=manifest.to_dict(), have=[])
+    dl = Download(node, record, task.Clock())
+    dl.running = True                    # as if started; no peers, no network
+    dl.refresh_peers()
+    node.tracker.requests[-1][1].errback(TrackerUnavailable("connection to the tracker was lost"))
+    assert dl.note == "tracker: connection to the tracker was lost"
+    dl.tracker_back()                    # what the node does after "logged back in"
+    assert dl.note == ""
+    assert [op for op, _ in node.tracker.requests] == ["get_peers", "get_peers"]
+    # A refresh that succeeds also clears it.
+    dl.note = "tracker: connection to the tracker was lost"
+    node.tracker.requests[-1][1].callback({"manifest": manifest.to_dict(), "peers": []})
+    assert dl.note == ""

@@ -40,7 +40,7 @@ def twistd_peer(procs, tmp_path):
 def test_telnet_commands_from_a_real_client_never_kill_the_console(twistd_peer):
     peer, console, _manhole, tmp_path = twistd_peer
     t = Telnet(console)
-    t.until_prompt()
+    assert "not logged in" in t.until_prompt()        # the banner says who this console is
     # Ctrl-C in a line-mode client is IAC IP: the line so far is dropped.
     t.sock.sendall(b"clear" + IAC + IP + b"help list_groups\r\n")
     reply = t.until_prompt()
@@ -57,6 +57,15 @@ def test_telnet_commands_from_a_real_client_never_kill_the_console(twistd_peer):
     t2 = Telnet(console)
     t2.until_prompt()
     assert "usage: login" in t2.cmd("help login")
+    t2.cmd("create_user tia pw")
+    assert t2.cmd("login tia pw").startswith("logged in as tia")
+    t3 = Telnet(console)
+    assert "logged in as tia" in t3.until_prompt()
+    assert t3.cmd("logout").startswith("logged out tia")
+    deadline = time.monotonic() + 10
+    while b"in another console session: logged out tia" not in t2.buf and time.monotonic() < deadline:
+        t2._read(0.2)
+    assert b"notice: in another console session: logged out tia" in t2.buf
     assert peer.proc.poll() is None
     log = (tmp_path / "peer.log").read_text()
     assert "Traceback" not in log and "Stumped" not in log

@@ -407,6 +407,13 @@ class Download:
         else:
             self.all_banned_since = None
 
+    def tracker_back(self) -> None:
+        """Logged back in (maybe on another tracker): drop a tracker error, ask for peers again."""
+        if self.note.startswith("tracker: "):
+            self.note = ""
+        if self.running:
+            self.refresh_peers()
+
     def refresh_peers(self) -> None:
         """Ask the tracker who shares the file now and connect to new peers."""
         if self._refreshing or not self.running:
@@ -417,6 +424,8 @@ class Download:
 
         @defer.inlineCallbacks
         def got(result):
+            if self.note.startswith("tracker: "):
+                self.note = ""          # the tracker answers again
             manifest = result.get("manifest") or {}
             if manifest.get("file_hash") != self.manifest.file_hash:
                 self.note = "the file was replaced in the group; waiting"

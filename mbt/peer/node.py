@@ -239,6 +239,9 @@ class PeerNode:
                 client.raw_request("share_file", group=dl.record.group,
                                    manifest=dl.manifest.to_dict()).addErrback(lambda f: None)
         self.notify("logged back in as %s; sharing %d file%s" % (self.user, shared, "" if shared == 1 else "s"))
+        for dl in list(self.downloads.values()):
+            if dl.status == "D":
+                dl.tracker_back()       # no stale "(tracker: connection ... lost)" on its line
         for w in warnings:
             self.notify(w)
 

@@ -81,7 +81,12 @@ class PeerService(service.Service):
         self.commands = table = CommandTable(self.node)
         yield self.node.start()
         if self.console_endpoint:
-            banner = "mbt peer %s (telnet console) - type help for commands" % self.address
+            node = self.node
+
+            def banner() -> str:
+                who = "logged in as %s" % node.user if node.user else "not logged in"
+                return ("mbt peer %s (telnet console; %s; no password: every session acts as the"
+                        " logged-in user) - type help for commands" % (node.address, who))
             port = yield endpoints.serverFromString(reactor, self.console_endpoint).listen(
                 telnet_console_factory(table, banner))
             self.ports.append(port)

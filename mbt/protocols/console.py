@@ -115,6 +115,10 @@ class _CommandRunner:
         self.busy = False
         #: Set by the console once the session is over: late replies are dropped.
         self.closed = False
+        #: The command word running now, and ``on_reply(command, reply)`` called
+        #: after each reply (the telnet console tells its other sessions).
+        self.command = ""
+        self.on_reply: Optional[Callable[[str, str], None]] = None
 
     def submit(self, line: str) -> None:
         """Run ``line``. Must only be called while not :attr:`busy`."""
@@ -131,6 +135,7 @@ class _CommandRunner:
                 self._quit()
             return
         self.busy = True
+        self.command = words[0]
         d = defer.maybeDeferred(self._backend.execute, line.strip())
         d.addErrback(self._internal_error, words[0])
         d.addCallback(self._finished)
@@ -156,6 +161,8 @@ class _CommandRunner:
         self.busy = False
         if not self.closed:
             self.reply(text)
+        if self.on_reply is not None:
+            self.on_reply(self.command, _clean(text))
 
 
 # ---------------------------------------------------------------------------
@@ -447,19 +454,24 @@ class TelnetConsole(recvline.HistoricRecvLine):
     ps = (PROMPT.encode("ascii"), PROMPT.encode("ascii"))
     pn = 0
 
-    def __init__(self, backend: CommandBackend, banner: str) -> None:
+    def __init__(self, backend: CommandBackend, banner, sessions=None) -> None:
         self.backend = backend
         self.banner = banner
+        #: The factory that knows every session (announces logins and logouts), if any.
+        self.sessions = sessions
         self._pending_keys: Deque[Tuple[Any, Any]] = collections.deque()
         self._draining = False
         self._closed = False
         self._too_long = False  # the current input line exceeded MAX_LINE
         self._unsubscribe: Optional[Callable[[], None]] = None
         self._runner = _CommandRunner(backend, self._write, self._ready, self._quit)
+        self._runner.on_reply = self._announce
 
     # -- connection
 
     def connectionMade(self) -> None:
+        if self.sessions is not None:
+            self.sessions.sessions.append(self)
         super().connectionMade()  # sets up the line buffer and draws the screen
         self.keyHandlers.update({
             b"\x08": self.handle_BACKSPACE,  # ^H: what many clients send for backspace
@@ -480,8 +492,9 @@ class TelnetConsole(recvline.HistoricRecvLine):
         # Unlike RecvLine, no terminal.reset(): that would clear the user's
         # screen. Modes first, so the prompt is the last thing on the wire.
         self.setInsertMode()
-        if self.banner:
-            self._write(_clean(self.banner) + "\n")
+        banner = self.banner() if callable(self.banner) else self.banner
+        if banner:
+            self._write(_clean(banner) + "\n")
         self.terminal.write(self.ps[self.pn])
 
     def terminalSize(self, width: int, height: int) -> None:
@@ -491,6 +504,12 @@ class TelnetConsole(recvline.HistoricRecvLine):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._close()
+
+    def _announce(self, command: str, reply: str) -> None:
+        """A login or logout here is news for the other sessions on this peer."""
+        if command in ("login", "logout") and reply and not reply.startswith("error: ") \
+                and self.sessions is not None:
+            self.sessions.announce(self, "notice: in another console session: " + reply.splitlines()[0])
 
     # -- input
 
@@ -668,6 +687,8 @@ class TelnetConsole(recvline.HistoricRecvLine):
         if self._closed:
             return
         self._closed = self._runner.closed = True
+        if self.sessions is not None and self in self.sessions.sessions:
+            self.sessions.sessions.remove(self)
         self._pending_keys.clear()
         if self._unsubscribe is not None:
             unsubscribe, self._unsubscribe = self._unsubscribe, None
@@ -685,20 +706,31 @@ def _is_text(keyID: Any) -> bool:
 
 
 class _TelnetConsoleFactory(protocol.ServerFactory):
-    def __init__(self, backend: CommandBackend, banner: str) -> None:
+    def __init__(self, backend: CommandBackend, banner) -> None:
         self.backend = backend
         self.banner = banner
+        self.sessions: list = []
 
     def buildProtocol(self, addr) -> protocol.Protocol:
         log.info("telnet console session from {addr}", addr=addr)
         proto = _TelnetTransport(_TelnetBootstrap, insults.ServerProtocol,
-                                 TelnetConsole, self.backend, self.banner)
+                                 TelnetConsole, self.backend, self.banner, self)
         proto.factory = self
         return proto
 
+    def announce(self, origin: TelnetConsole, text: str) -> None:
+        """Print ``text`` as a notice in every session but ``origin``."""
+        for session in list(self.sessions):
+            if session is not origin:
+                session._notice(text)
 
-def telnet_console_factory(backend: CommandBackend, banner: str) -> protocol.ServerFactory:
+
+def telnet_console_factory(backend: CommandBackend, banner) -> protocol.ServerFactory:
     """A factory of telnet console sessions, all driving ``backend``.
+
+    ``banner`` is text, or a callable giving it when a session opens (so it
+    can say who is logged in). A login or logout in one session is announced
+    as a notice in the others.
 
     Each connection gets its own :class:`TelnetConsole` (with line editing
     and history); ``quit`` closes only that session. Listen on loopback only:
