@@ -37,8 +37,9 @@ def test_both_tracker_front_ends_take_the_same_flags_with_the_same_help():
     assert {"state-dir", "secret-file", "tls-cert", "tls-key", "tls-ca"} <= shared
     for name in shared:
         assert seed[name + "="] == twistd[name + "="]
-    # The positional parts are flags under twistd only; --log-file is twistd's own --logfile there.
-    assert set(seed) - set(twistd) == {"log-file="}
+    # The positional parts are flags under twistd only; --log-file is twistd's own --logfile
+    # there, and --export-to (write a snapshot and exit) is a one-shot job for the command.
+    assert set(seed) - set(twistd) == {"log-file=", "export-to="}
     assert set(twistd) - set(seed) == {"info=", "no="}
 
 
