@@ -170,3 +170,40 @@ def test_twistd_peer_serves_its_console_over_telnet(procs, tmp_path):
     # twistd shuts down cleanly, then re-raises the signal so the exit status tells why.
     assert peer.wait(15) in (0, -signal.SIGTERM)
     assert "Server Shut Down" in (tmp_path / "peer.log").read_text()
+
+
+def test_upload_cap_is_honest_for_a_short_transfer(procs, tmp_path):
+    # Issue #12 item 16, with real processes: under a 500 kB/s cap a 3 MB file
+    # must take about 6 s (it took 65 % of that with the old 1 MiB burst), and
+    # show_downloads must not read far above the cap.
+    tracker, info, _ = start_tracker(procs, tmp_path)
+    cap, size = 500e3, 3 * 1000 * 1000
+    a = start_client(procs, tmp_path, "a", info, extra=["--upload-rate", "500k"])
+    b = start_client(procs, tmp_path, "b", info)
+    for c, name in ((a, "ann"), (b, "ben")):
+        assert not c.cmd("create_user %s pw" % name).startswith("error")
+        assert not c.cmd("login %s pw" % name).startswith("error")
+    assert not a.cmd("create_group g").startswith("error")
+    assert not b.cmd("join_group g").startswith("error")
+    assert not a.cmd("accept_request g ben").startswith("error")
+    (tmp_path / "a" / "f.bin").write_bytes(os.urandom(size))
+    assert not a.cmd("upload_file f.bin g").startswith("error")
+    started = time.monotonic()
+    assert b.cmd("download_file g f.bin got.bin").startswith("downloading")
+    readings = []
+    status = ""
+    while time.monotonic() - started < 60:
+        status = b.cmd("show_downloads")
+        if status[:3] in ("[C]", "[F]"):
+            break
+        m = re.search(r"% ([0-9.]+) (kB|MB)/s", status)
+        if m:
+            readings.append((time.monotonic() - started, float(m.group(1)) * (1e3 if m.group(2) == "kB" else 1e6)))
+        time.sleep(0.25)
+    took = time.monotonic() - started
+    assert status.startswith("[C]"), status
+    print("\n3 MB under a 500 kB/s cap took %.1f s; readings (s, kB/s): %s"
+          % (took, [(round(t, 1), round(r / 1e3)) for t, r in readings]))
+    assert took >= 0.9 * size / cap                      # never faster than the cap allows
+    assert all(r <= 1.1 * cap for t, r in readings if t >= 3.0)
+    assert all(r <= 1.3 * cap for t, r in readings)
