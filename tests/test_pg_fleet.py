@@ -285,3 +285,27 @@ def test_migration_from_sqlite_keeps_everything_and_exports_back(tmp_path, pg_ur
         login(port, "carol", "127.0.0.1:7003", create=False).close()
     finally:
         back.stop(10)
+
+
+def test_twistd_front_end_and_the_password_is_never_shown(fleet, tmp_path):
+    t = fleet(2)
+    # The test server trusts local connections, so any password is accepted: it must not leak.
+    url = t.url.replace("postgres@", "postgres:s3cretpw@")
+    t.url = url
+    t.start(1)
+    twistd = Process([os.path.join(os.path.dirname(bin_path("mbt-tracker")), "twistd"), "-n",
+                      "--pidfile", str(tmp_path / "t2.pid"), "mbt-tracker", "--info", t.info,
+                      "--no", "2", "--store", url], log=str(tmp_path / "twistd.log"), cwd=str(tmp_path))
+    try:
+        wait_port(t.port(2), 20, twistd.proc)
+        a = login(t.port(1), "ann", "127.0.0.1:7001")
+        b = Client(t.port(2))
+        assert b.call("login", user="ann", password="pw-ann", address="127.0.0.1:7002")["ok"]
+        a.close()
+        b.close()
+    finally:
+        twistd.stop(10)
+    t.stop_all()
+    logs = (tmp_path / "twistd.log").read_text() + (tmp_path / "tracker1.log").read_text()
+    assert "postgresql://postgres@127.0.0.1" in logs
+    assert "s3cretpw" not in logs
