@@ -412,8 +412,11 @@ def run_step(loop: Loop, conns: List[Conn], rate: float, seconds: float, drain: 
 def curve(work: str, rates=DEFAULT_RATES, connections: int = 1000, seconds: float = 4.0, drain: float = 5.0,
           users: int = 20, files: int = 20, sharers: int = 100, file_mib: int = 64, login_share: float = 0.001,
           log_level: Optional[str] = None, log: Callable[[str], None] = print,
-          profile: Optional[str] = None) -> dict:
-    """Start a tracker, run every rate against it, stop it; return the figures."""
+          profile: Optional[str] = None, store: Optional[str] = None) -> dict:
+    """Start a tracker, run every rate against it, stop it; return the figures.
+
+    With ``store`` (a postgresql:// URL of an empty database) the tracker keeps
+    its state there (``--store``) instead of in an SQLite state dir."""
     nofile = raise_nofile()
     if nofile < connections + 100:
         raise RuntimeError("open-file limit %d is too low for %d connections (ulimit -Hn)" % (nofile, connections))
@@ -426,7 +429,8 @@ def curve(work: str, rates=DEFAULT_RATES, connections: int = 1000, seconds: floa
     if log_level:
         env["MBT_LOG_LEVEL"] = log_level
     state = os.path.join(work, "state")
-    tracker = Process([bin_path("mbt-tracker"), info, "1", "--state-dir", state],
+    where = ["--store", store] if store else ["--state-dir", state]
+    tracker = Process([bin_path("mbt-tracker"), info, "1"] + where,
                       log=os.path.join(work, "tracker.log"), env=env)
     loop = None
     try:
@@ -575,13 +579,15 @@ def main() -> int:
     ap.add_argument("--plot", help="write the PNG here")
     ap.add_argument("--profile", help="py-spy raw profile of the tracker during the steps, written here")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--store", help="postgresql://... URL of an empty database: the tracker keeps its state"
+                    " there (--store) instead of an SQLite state dir")
     a = ap.parse_args()
     rates = [float(x) for x in a.rates.split(",") if x]
     if not rates or len(rates) > 20 or max(rates) > 100000 or a.seconds > 60 or a.connections > 20000:
         ap.error("at most 20 rates up to 100000/s, --seconds <= 60, --connections <= 20000")
     work = a.work or tempfile.mkdtemp(prefix="mbt-tracker-load-")
     r = curve(work, rates, a.connections, a.seconds, a.drain, a.users, a.files, a.sharers, a.file_mib,
-              a.login_share, a.log_level, profile=a.profile)
+              a.login_share, a.log_level, profile=a.profile, store=a.store)
     print(summary(r))
     path = plot(r, a.plot or os.path.join(work, "tracker-curve.png"))
     print("plot: %s" % (path or "not written (matplotlib is not installed: pip install '.[bench]')"))

@@ -475,3 +475,24 @@ def test_twistd_help_lists_both_plugins(procs, tmp_path):
     assert p.returncode == 0
     commands = [line.split()[0] for line in out.decode().splitlines() if line.startswith("    ")]
     assert "mbt-tracker" in commands and "mbt-peer" in commands
+
+
+@pytest_twisted.inlineCallbacks
+def test_concurrent_shares_on_one_tracker_all_complete(services):
+    # Writes queued behind each other, each followed by a presence write: none may stall the queue.
+    from twisted.internet import defer
+    svc = yield services.start()
+    owner = yield user(services, svc, "olga", "127.0.0.1:7000")
+    yield owner.request("create_group", group="club")
+    members = []
+    for i in range(6):
+        m = yield user(services, svc, "m%d" % i, "127.0.0.1:%d" % (7001 + i))
+        yield m.request("join_group", group="club")
+        yield owner.request("accept_request", group="club", user="m%d" % i)
+        members.append(m)
+    results = yield defer.gatherResults(
+        [m.request("share_file", group="club", manifest=manifest("f%d.bin" % (i % 3), h="abc"[i % 3]))
+         for i, m in enumerate(members)]).addTimeout(20, reactor)
+    assert sorted(r["name"] for r in results) == ["f0.bin", "f0.bin", "f1.bin", "f1.bin", "f2.bin", "f2.bin"]
+    files = (yield owner.request("list_files", group="club"))["files"]
+    assert [(f["name"], f["peers"]) for f in files] == [("f0.bin", 2), ("f1.bin", 2), ("f2.bin", 2)]

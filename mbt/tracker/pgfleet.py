@@ -344,12 +344,15 @@ class PgFleet:
             return
         self._writing = True
         op, d = self._writes.popleft()
-        self._write(op).chainDeferred(d)
-        d.addBoth(self._after_write)
 
-    def _after_write(self, result):
-        self.clock.callLater(0, self._next_write)
-        return result
+        def finished(result):
+            # Move the queue on first: the caller's callbacks may propose (and wait for) more writes.
+            self.clock.callLater(0, self._next_write)
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+        self._write(op).addBoth(finished)
 
     @defer.inlineCallbacks
     def _write(self, op: dict):

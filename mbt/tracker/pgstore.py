@@ -172,8 +172,10 @@ class PgLog:
             if rows and rows[0][0] != after + 1:
                 raise LookupError("operations %d-%d were compacted" % (after + 1, rows[0][0] - 1))
             if not rows:
-                head = conn.execute("SELECT seq FROM mbt_head").fetchone()[0]
-                if head > after:
+                # Nothing after us: up to date, unless a snapshot beyond us replaced the rows
+                # (not the head: a write may commit between the two statements).
+                snap = conn.execute("SELECT coalesce(max(seq), 0) FROM mbt_snapshot").fetchone()[0]
+                if snap > after:
                     raise LookupError("operations after %d were compacted" % after)
             return rows
         return self._run(run)
