@@ -5,6 +5,7 @@ import os
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 
 from mbt.manifest import PIECE_SIZE
 from mbt.peer import node as node_mod
@@ -24,14 +25,28 @@ def peers_of(listing: str, name: str) -> str:
     return " ".join(line.split()[-2:])
 
 
+@defer.inlineCallbacks
+def club(cluster, tmp_path, size=1000, bob=True, upload=True, **alice_kwargs):
+    """A tracker; alice owning club (bob a member if ``bob``); a.bin of ``size``
+    bytes, shared by alice if ``upload``. Returns (alice, bob or None)."""
+    yield cluster.start_tracker()
+    alice = yield cluster.user("alice", **alice_kwargs)
+    other = None
+    if bob:
+        other = yield cluster.user("bob")
+        yield cluster.group("club", alice, other)
+    else:
+        yield alice.create_group("club")
+    make_file(tmp_path / "a.bin", size)
+    if upload:
+        yield alice.upload_file("a.bin", "club")
+    return alice, other
+
+
 @pytest_twisted.inlineCallbacks
 def test_download_of_a_file_only_you_share_says_you_share_it(cluster, tmp_path):
     # Item 10: was "nobody is sharing a.bin in club right now" while list_files said 1 peer.
-    yield cluster.start_tracker()
-    alice = yield cluster.user("alice")
-    yield alice.create_group("club")
-    make_file(tmp_path / "a.bin", 1000)
-    yield alice.upload_file("a.bin", "club")
+    alice, _ = yield club(cluster, tmp_path, bob=False)
     assert peers_of((yield alice.commands.execute("list_files club")), "a.bin") == "1 peer"
     reply = yield alice.commands.execute("download_file club a.bin copy.bin")
     assert reply == "error: you already share a.bin in club (%s)" % (tmp_path / "a.bin")
@@ -41,12 +56,7 @@ def test_download_of_a_file_only_you_share_says_you_share_it(cluster, tmp_path):
 def test_deleted_share_stops_being_shared_while_logged_in(cluster, tmp_path, monkeypatch):
     # Item 11: a deleted file stayed listed (and "you already share" it) until the next login.
     monkeypatch.setattr(node_mod, "SHARE_CHECK_INTERVAL", 0.2)
-    yield cluster.start_tracker()
-    alice = yield cluster.user("alice")
-    bob = yield cluster.user("bob")
-    yield cluster.group("club", alice, bob)
-    make_file(tmp_path / "a.bin", 1000)
-    yield alice.upload_file("a.bin", "club")
+    alice, bob = yield club(cluster, tmp_path)
     notices = []
     alice.subscribe(notices.append)
     os.unlink(tmp_path / "a.bin")
@@ -65,11 +75,7 @@ def test_deleted_share_stops_being_shared_while_logged_in(cluster, tmp_path, mon
 @pytest_twisted.inlineCallbacks
 def test_deleted_share_is_noticed_at_once_by_a_download_request(cluster, tmp_path):
     # Item 11, "at once when a request fails": no need to wait for the periodic check.
-    yield cluster.start_tracker()
-    alice = yield cluster.user("alice")
-    yield alice.create_group("club")
-    make_file(tmp_path / "a.bin", 1000)
-    yield alice.upload_file("a.bin", "club")
+    alice, _ = yield club(cluster, tmp_path, bob=False)
     notices = []
     alice.subscribe(notices.append)
     os.unlink(tmp_path / "a.bin")
@@ -81,12 +87,7 @@ def test_deleted_share_is_noticed_at_once_by_a_download_request(cluster, tmp_pat
 @pytest_twisted.inlineCallbacks
 def test_changed_share_is_refused_to_downloaders_at_once(cluster, tmp_path):
     # Item 11: a HELLO for a share whose file changed size is refused, and the share dropped.
-    yield cluster.start_tracker()
-    alice = yield cluster.user("alice")
-    bob = yield cluster.user("bob")
-    yield cluster.group("club", alice, bob)
-    make_file(tmp_path / "a.bin", 2 * PIECE_SIZE)
-    yield alice.upload_file("a.bin", "club")
+    alice, bob = yield club(cluster, tmp_path, size=2 * PIECE_SIZE)
     notices = []
     alice.subscribe(notices.append)
     with open(tmp_path / "a.bin", "ab") as f:
@@ -101,11 +102,7 @@ def test_changed_share_is_refused_to_downloaders_at_once(cluster, tmp_path):
 @pytest_twisted.inlineCallbacks
 def test_touched_but_identical_share_stays_shared(cluster, tmp_path, monkeypatch):
     monkeypatch.setattr(node_mod, "SHARE_CHECK_INTERVAL", 0.1)
-    yield cluster.start_tracker()
-    alice = yield cluster.user("alice")
-    yield alice.create_group("club")
-    make_file(tmp_path / "a.bin", 1000)
-    yield alice.upload_file("a.bin", "club")
+    alice, _ = yield club(cluster, tmp_path, bob=False)
     notices = []
     alice.subscribe(notices.append)
     st = os.stat(tmp_path / "a.bin")
@@ -118,10 +115,7 @@ def test_touched_but_identical_share_stays_shared(cluster, tmp_path, monkeypatch
 @pytest_twisted.inlineCallbacks
 def test_upload_of_an_already_shared_file_says_so(cluster, tmp_path):
     # Item 13: was "shared a.bin in club: ..." again, as if new.
-    yield cluster.start_tracker()
-    alice = yield cluster.user("alice")
-    yield alice.create_group("club")
-    make_file(tmp_path / "a.bin", 1000)
+    alice, _ = yield club(cluster, tmp_path, bob=False, upload=False)
     first = yield alice.commands.execute("upload_file a.bin club")
     assert first.startswith("shared a.bin in club: 1000 bytes")
     again = yield alice.commands.execute("upload_file a.bin club")
@@ -153,12 +147,7 @@ def test_upload_of_the_same_name_from_another_path_says_it_moved(cluster, tmp_pa
 @pytest_twisted.inlineCallbacks
 def test_show_downloads_gives_the_destination_and_clear_downloads_clears_finished(cluster, tmp_path):
     # Item 15: [C] lines never went away and did not say where the file is.
-    yield cluster.start_tracker()
-    alice = yield cluster.user("alice")
-    bob = yield cluster.user("bob")
-    yield cluster.group("club", alice, bob)
-    make_file(tmp_path / "a.bin", 1000)
-    yield alice.upload_file("a.bin", "club")
+    alice, bob = yield club(cluster, tmp_path)
     (tmp_path / "dl").mkdir()
     yield bob.download_file("club", "a.bin", "dl")
     assert (yield wait_download(bob, "club", "a.bin")) == "C"
@@ -180,12 +169,7 @@ def test_quit_during_a_download_says_it_is_paused(cluster, tmp_path):
     # Item 14: quit said only "bye".
     from twisted.internet.testing import StringTransport
     from mbt.protocols.console import StdioConsole
-    yield cluster.start_tracker()
-    alice = yield cluster.user("alice", upload_rate=200e3)      # slow: still running at quit
-    bob = yield cluster.user("bob")
-    yield cluster.group("club", alice, bob)
-    make_file(tmp_path / "a.bin", 4 * PIECE_SIZE)
-    yield alice.upload_file("a.bin", "club")
+    alice, bob = yield club(cluster, tmp_path, size=4 * PIECE_SIZE, upload_rate=200e3)      # slow: still running at quit
     (tmp_path / "dl").mkdir()
     yield bob.download_file("club", "a.bin", "dl")
     quits = []
