@@ -34,6 +34,7 @@ from zope.interface import implementer
 
 from mbt.errors import MbtError
 from mbt.manifest import MAX_FILE_SIZE, piece_count
+from mbt.protocols.direct import DirectWriter
 from mbt.peer.storage import bitfield_hex, parse_bitfield
 from mbt.protocols.limits import HangUp, HostCounts
 
@@ -102,11 +103,15 @@ class PeerServerProtocol(LineReceiver):
         self._expiry = None
         self._timeout = None
         self._last_activity = 0.0
+        self._direct: Optional[DirectWriter] = None
 
     # -- connection --------------------------------------------------------
 
     def connectionMade(self) -> None:
         _tune(self.transport)
+        if isinstance(self.transport, tcp.Connection) and hasattr(self.transport, "socket"):
+            # Plain TCP: blocks leave by os.sendfile, lines by send (mbt.protocols.direct).
+            self._direct = DirectWriter(self.transport, self._send_queued, self._file_error)
         peer = self.transport.getPeer()
         self.remote = "%s:%s" % (getattr(peer, "host", "?"), getattr(peer, "port", "?"))
         clock = self.factory.clock
@@ -159,6 +164,13 @@ class PeerServerProtocol(LineReceiver):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._close("line too long")
+
+    def sendLine(self, line: bytes) -> None:
+        """Lines share the direct writer's queue when there is one (order is kept)."""
+        if self._direct is not None:
+            self._direct.write(line + self.delimiter)
+        else:
+            LineReceiver.sendLine(self, line)
 
     # -- messages ----------------------------------------------------------
 
@@ -267,13 +279,21 @@ class PeerServerProtocol(LineReceiver):
     # -- sending (push producer: the transport pauses us when its buffer is full)
 
     def _send_queued(self) -> None:
+        direct = self._direct
         while self.queue and not self.send_paused and self.connected and not self.transport.disconnecting:
+            if direct is not None and direct.busy:
+                return      # the kernel has not taken the last block yet: on_drained calls again
             (index, offset, length), _ = self.queue.popitem(last=False)
             limiter = self.factory.limiter
             if limiter is not None and not limiter.admit(length, self._send_queued):
                 self.queue[(index, offset, length)] = None
                 self.queue.move_to_end((index, offset, length), last=False)
                 return
+            if direct is not None:
+                self.factory.uploaded += length
+                direct.write_file(b"PIECE %d %d %d\n" % (index, offset, length), self.servable.piece_file,
+                                  index * self.servable.manifest.piece_size + offset, length)
+                continue
             try:
                 data = self.servable.read(index, offset, length)
             except (IOError, OSError) as e:
@@ -284,6 +304,11 @@ class PeerServerProtocol(LineReceiver):
                 return
             self.factory.uploaded += length
             self.transport.writeSequence([b"PIECE %d %d %d\n" % (index, offset, length), data])
+
+    def _file_error(self, err: Exception) -> None:
+        """A block could not be sent from disk (the connection is already aborted)."""
+        log.warn("cannot send from {path}: {err}", path=self.servable.piece_file.path, err=err)
+        self.factory.node.servable_broken(self.servable, str(err))
 
     def pauseProducing(self) -> None:
         self.send_paused = True
