@@ -51,7 +51,8 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from swarm import MB, MiB, Swarm, files_equal, leech_once, machine_busy, make_data, settle, summarize  # noqa: E402
+from swarm import (MB, MiB, Swarm, files_equal, fluid_bound, leech_once, machine_busy, make_data,  # noqa: E402
+                   one_seeder_many_leechers, settle, summarize)
 
 from mbt.driver import free_port, wait_port  # noqa: E402
 
@@ -107,11 +108,13 @@ class Child:
 class LtSwarm:
     """``seeders`` persistent libtorrent seeders of ``data``, optionally behind an opentracker."""
 
-    def __init__(self, work: str, data: str, seeders: int, high_perf: bool, use_tracker: bool) -> None:
+    def __init__(self, work: str, data: str, seeders: int, high_perf: bool, use_tracker: bool,
+                 upload_rate: float = 0) -> None:
         self.work = work
         self.data = data
         self.high_perf = high_perf
         self.use_tracker = use_tracker
+        self.upload_rate = upload_rate
         self.children: List[Child] = []
         self.seeder_pids: List[int] = []
         self.ports: List[int] = []
@@ -134,7 +137,8 @@ class LtSwarm:
         for i in range(seeders):
             port = free_port()
             argv = [LT_PY, LT_JOB, "seed", self.torrent, "--port", str(port),
-                    "--save", os.path.dirname(os.path.abspath(self.data))] + self._flags()
+                    "--save", os.path.dirname(os.path.abspath(self.data)),
+                    "--stats", os.path.join(self.work, "seed%d.json" % i)] + self._flags()
             c = Child(argv, os.path.join(self.work, "seed%d.log" % i), stdout_pipe=True)
             self.children.append(c)
             self.seeder_pids.append(c.proc.pid)
@@ -147,7 +151,8 @@ class LtSwarm:
                 raise RuntimeError("libtorrent seeder did not start: %r (see %s)" % (line, c.log.name))
 
     def _flags(self) -> List[str]:
-        return (["--high-perf"] if self.high_perf else []) + (["--tracker"] if self.use_tracker else [])
+        return ((["--high-perf"] if self.high_perf else []) + (["--tracker"] if self.use_tracker else [])
+                + (["--upload-rate", str(self.upload_rate)] if self.upload_rate else []))
 
     @staticmethod
     def _readline(proc: subprocess.Popen, deadline: float) -> str:
@@ -214,6 +219,102 @@ class LtSwarm:
                 # The leecher's whole process life here (start-up and exit included): a rough figure.
                 "other_cpu": busy - j["cpu_at_finish_s"] - seeder_cpu}
 
+    def swarm_once(self, leechers: int) -> Dict:
+        """The 1 -> N job: ``leechers`` fresh leechers, set up, then started together.
+
+        Each leecher seeds on after it finishes (as mbt's do), until every one
+        is done. Returns the time from the common start until the last
+        finished, every finish time, and what each peer uploaded (payload, from
+        libtorrent's own counters).
+        """
+        procs: List[subprocess.Popen] = []
+        logs = []
+        jsons = []
+        ports = [free_port() for _ in range(leechers)]
+        try:
+            for i in range(leechers):
+                dl = os.path.join(self.work, "dl%d" % i)
+                shutil.rmtree(dl, ignore_errors=True)
+                os.makedirs(dl)
+                js = os.path.join(self.work, "leech%d.json" % i)
+                if os.path.exists(js):
+                    os.unlink(js)
+                jsons.append(js)
+                argv = [LT_PY, LT_JOB, "leech", self.torrent, "--port", str(ports[i]), "--save", dl,
+                        "--json", js, "--swarm"] + self._flags()
+                if not self.use_tracker:
+                    others = ["127.0.0.1:%d" % p for p in self.ports + ports[:i]]
+                    argv += ["--peers", ",".join(others)]
+                log = open(os.path.join(self.work, "leech%d.log" % i), "ab")
+                logs.append(log)
+                procs.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                              start_new_session=True))
+            deadline = time.monotonic() + 120
+            for p in procs:
+                line = self._readline(p, deadline)
+                if line != "READY":
+                    raise RuntimeError("libtorrent leecher did not get ready: %r" % line)
+            up0 = self._seeder_upload()
+            t0 = time.time()
+            for p in procs:
+                p.stdin.write(b"GO\n")
+                p.stdin.flush()
+            finished: Dict[int, float] = {}
+            deadline = time.monotonic() + 600
+            while len(finished) < leechers and time.monotonic() < deadline:
+                for i, js in enumerate(jsons):
+                    if i in finished or not os.path.exists(js):
+                        if i not in finished and procs[i].poll() is not None:
+                            raise RuntimeError("libtorrent leecher %d exited early (rc %s)" % (i, procs[i].returncode))
+                        continue
+                    with open(js) as f:
+                        j = json.load(f)
+                    if not j["ok"]:
+                        raise RuntimeError("libtorrent leecher %d failed: %s" % (i, j.get("errors")))
+                    finished[i] = j["wall_finished"] - t0
+                time.sleep(0.02)
+            if len(finished) < leechers:
+                raise RuntimeError("%d libtorrent leechers not done after 600 s" % (leechers - len(finished)))
+            time.sleep(0.5)         # the seeder's stats file is rewritten every 0.2 s
+            seeder_up = self._seeder_upload() - up0
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    try:
+                        os.killpg(p.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            for p in procs:
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(5)
+            for log in logs:
+                log.close()
+        ups = []
+        for js in jsons:
+            with open(js) as f:
+                ups.append(json.load(f)["payload_upload"])
+        name = os.path.basename(self.data)
+        ok = all(files_equal(os.path.join(self.work, "dl%d" % i, name), self.data) for i in range(leechers))
+        for i in range(leechers):
+            shutil.rmtree(os.path.join(self.work, "dl%d" % i), ignore_errors=True)
+        size = os.path.getsize(self.data)
+        return {"total_seconds": max(finished.values()), "times": [finished[i] for i in range(leechers)],
+                "seeder_upload": seeder_up / size, "leecher_upload": [u / size for u in ups], "verified": ok}
+
+    def _seeder_upload(self) -> int:
+        total = 0
+        for i in range(len(self.ports)):
+            path = os.path.join(self.work, "seed%d.json" % i)
+            deadline = time.monotonic() + 5
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with open(path) as f:
+                total += json.load(f)["payload_upload"]
+        return total
+
     def stop(self) -> None:
         for c in reversed(self.children):
             c.stop()
@@ -231,6 +332,12 @@ def main() -> int:
     ap.add_argument("--lt-default-settings", action="store_true",
                     help="libtorrent without high_performance_seed() (the anchors' plain bt suite)")
     ap.add_argument("--skip-libtorrent", action="store_true")
+    ap.add_argument("--no-tls", action="store_true", help="skip mbt's 4->1 runs with TLS on every channel")
+    ap.add_argument("--no-swarm", action="store_true", help="skip the 1 seeder -> N leechers job")
+    ap.add_argument("--only-swarm", action="store_true", help="only the 1 seeder -> N leechers job")
+    ap.add_argument("--swarm-leechers", type=int, default=16)
+    ap.add_argument("--swarm-size-mib", type=int, default=256)
+    ap.add_argument("--swarm-rate", default="25M", help="upload cap of every process in the swarm job")
     ap.add_argument("--json", help="also write every figure here")
     args = ap.parse_args()
     if args.runs < 1 or args.runs > 20:
@@ -266,9 +373,17 @@ def main() -> int:
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
 
-    swarm = lt = None
+    swarm = lt = tls_swarm = None
     mbt_runs: List[Dict] = []
     lt_runs: List[Dict] = []
+    tls_runs: List[Dict] = []
+    out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "size": size}
+    if args.only_swarm:
+        ok = swarm_job(args, why, use_tracker, out)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=1)
+        return 0 if ok else 1
     try:
         t0 = time.monotonic()
         swarm = Swarm(mbt_dir, data, args.seeders)
@@ -314,15 +429,27 @@ def main() -> int:
                       "(anon %4.0f)  seeders CPU %5.2f s  other CPU %5.2f s  verified=%s"
                       % (i + 1, r["mbps"], r["seconds"], r["cpu"], r["rss"], r["rss_anon"], r["seeder_cpu"],
                          r["other_cpu"], r["verified"]), flush=True)
+            if not args.no_tls:
+                if tls_swarm is None:
+                    # Up only now, so that its idle seeders do not weigh on the first runs.
+                    tls_swarm = Swarm(os.path.join(args.work, "compare-tls"), data, args.seeders, tls=True)
+                r = leech_once(tls_swarm)
+                tls_runs.append(r)
+                print("  run %d  mbt TLS     %6.0f MB/s  %5.2f s  leecher CPU %5.2f s  RSS %5.0f MiB  "
+                      "seeders CPU %5.2f s  other CPU %5.2f s  verified=%s"
+                      % (i + 1, r["mbps"], r["seconds"], r["cpu"], r["rss"], r["seeder_cpu"], r["other_cpu"],
+                         r["verified"]), flush=True)
     finally:
-        if swarm is not None:
-            swarm.stop()
-        if lt is not None:
-            lt.stop()
+        for x in (swarm, lt, tls_swarm):
+            if x is not None:
+                x.stop()
 
     m = summarize(mbt_runs, size)
-    out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "size": size, "mbt": m}
+    out["mbt"] = m
     rows = [("mbt", m, None)]
+    if tls_runs:
+        t_ = out["mbt_tls"] = summarize(tls_runs, size)
+        rows.append(("mbt, TLS on every channel", t_, None))
     if lt_runs:
         l_ = summarize(lt_runs, size)
         l_["rss_anon"] = statistics.median(r["rss_anon"] for r in lt_runs)
@@ -353,11 +480,103 @@ def main() -> int:
                   "its figure is low by about that much per run; install opentracker for a fair ratio)")
     else:
         print("libtorrent: skipped (%s); no ratio" % why)
+    if tls_runs:
+        out["tls_ratio"] = t_["mbps"] / m["mbps"]
+        print("ratio mbt TLS / mbt plaintext: speed %.2f (target >= 0.85), leecher CPU %.2f"
+              % (out["tls_ratio"], t_["cpu"] / m["cpu"]))
+    ok = m["verified"] and (not lt_runs or out["libtorrent"]["verified"]) and (not tls_runs or t_["verified"])
+    if not args.no_swarm:
+        ok = swarm_job(args, why, use_tracker, out) and ok
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
-    ok = m["verified"] and (not lt_runs or out["libtorrent"]["verified"])
     return 0 if ok else 1
+
+
+def swarm_job(args, why: Optional[str], use_tracker: bool, out: Dict) -> bool:
+    """1 seeder -> N leechers, every process's upload capped; mbt and libtorrent alternating."""
+    from mbt.peer.ratelimit import parse_rate
+    rate = parse_rate(args.swarm_rate)
+    n = args.swarm_leechers
+    label = "%d MiB" % args.swarm_size_mib
+    data = os.path.join(args.work, "data-%s.bin" % label.replace(" ", ""))
+    make_data(data, args.swarm_size_mib * MiB)
+    size = os.path.getsize(data)
+    bound = fluid_bound(size, n, rate) if rate else None
+    print("\nswarm: 1 seeder -> %d leechers of a %s file, all started together, every process's upload "
+          "capped at %s/s; %d runs each, alternating" % (n, label, args.swarm_rate, args.runs), flush=True)
+    print("  machine: load average %.2f" % os.getloadavg()[0], flush=True)
+    mbt_runs: List[Dict] = []
+    lt_runs: List[Dict] = []
+    for i in range(args.runs):
+        d = os.path.join(args.work, "swarm-mbt")
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        busy0 = machine_busy()
+        r = one_seeder_many_leechers(d, data, n, upload_rate=args.swarm_rate if rate else None)
+        r["busy"] = machine_busy() - busy0
+        mbt_runs.append(r)
+        _swarm_line(i, "mbt", r)
+        settle()
+        if why:
+            continue
+        d = os.path.join(args.work, "swarm-lt")
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        lt = None
+        try:
+            lt = LtSwarm(d, data, 1, high_perf=not args.lt_default_settings, use_tracker=use_tracker,
+                         upload_rate=rate)
+            busy0 = machine_busy()
+            r = lt.swarm_once(n)
+            r["busy"] = machine_busy() - busy0
+        except Exception as e:      # noqa: BLE001 -- reported, then skipped
+            print("  libtorrent swarm run failed: %s; the libtorrent half stops here" % e, flush=True)
+            why = "a swarm run failed (see above)"
+            continue
+        finally:
+            if lt is not None:
+                lt.stop()
+        lt_runs.append(r)
+        _swarm_line(i, "libtorrent", r)
+        settle()
+    res = out["swarm"] = {"leechers": n, "size": size, "rate": rate, "fluid_bound": bound,
+                          "mbt": _swarm_summary(mbt_runs)}
+    print("\n1 -> %d, %s, upload cap %s/s on every process; medians of %d runs" % (n, label, args.swarm_rate,
+                                                                                 args.runs))
+    if bound:
+        print("fluid bound max(F/u, N*F/((N+1)*u)) = %.2f s" % bound)
+    print("%-12s %14s %12s %18s %9s" % ("", "last done s", "/ fluid", "seeder uploaded", "verified"))
+    rows = [("mbt", res["mbt"])]
+    if lt_runs:
+        res["libtorrent"] = _swarm_summary(lt_runs)
+        rows.append(("libtorrent", res["libtorrent"]))
+    for name, r in rows:
+        print("%-12s %14.2f %12s %17.2fx %9s" % (name, r["total_seconds"],
+                                                 "%.2f" % (r["total_seconds"] / bound) if bound else "-",
+                                                 r["seeder_upload"], r["verified"]))
+        print("%-12s %s s" % ("  runs", ", ".join("%.2f" % x for x in r["runs"])))
+    if lt_runs:
+        res["ratio"] = res["mbt"]["total_seconds"] / res["libtorrent"]["total_seconds"]
+        print("mbt / libtorrent time: %.2f (target <= 1); mbt / fluid bound: %s (target <= 1.15)"
+              % (res["ratio"], "%.2f" % (res["mbt"]["total_seconds"] / bound) if bound else "-"))
+    else:
+        print("libtorrent: skipped (%s)" % why)
+    return res["mbt"]["verified"] and (not lt_runs or res["libtorrent"]["verified"])
+
+
+def _swarm_line(i: int, name: str, r: Dict) -> None:
+    print("  run %d  %-10s last done %6.2f s (first %5.2f s)  seeder uploaded %.2fx the file  "
+          "machine busy %5.1f CPU s  verified=%s"
+          % (i + 1, name, r["total_seconds"], min(r["times"]), r.get("seeder_upload") or 0.0, r["busy"],
+             r["verified"]), flush=True)
+
+
+def _swarm_summary(runs: List[Dict]) -> Dict:
+    med = sorted(runs, key=lambda r: r["total_seconds"])[len(runs) // 2]
+    return {"runs": [r["total_seconds"] for r in runs], "total_seconds": med["total_seconds"],
+            "finish_times": sorted(med["times"]), "seeder_upload": med.get("seeder_upload") or 0.0,
+            "leecher_upload": med.get("leecher_upload"), "verified": all(r["verified"] for r in runs)}
 
 
 def _free(path: str) -> str:

@@ -7,8 +7,9 @@ the loopback anchors in ``../shared/bench-anchors`` (``lt_common.py``,
 ``lt_seed.py``, ``lt_leech.py``): the same session settings, so the figures
 are comparable with the anchors' table.
 
-    lt_job.py seed  --port P --save DIR [--high-perf] [--tracker] TORRENT
+    lt_job.py seed  --port P --save DIR [--high-perf] [--tracker] [--upload-rate B] [--stats OUT] TORRENT
     lt_job.py leech --port P --save DIR [--high-perf] [--tracker] --peers H:P,... --json OUT TORRENT
+    lt_job.py leech ... --swarm [--upload-rate B]      (1 -> N job: waits for GO, seeds after)
 
 The seeder prints ``READY`` once it has checked every piece of its copy (and,
 with ``--tracker``, had an announce reply), then seeds until SIGTERM. The
@@ -23,6 +24,7 @@ CPU (``getrusage``, all threads) is sampled at the same two instants.
 
 import argparse
 import json
+import os
 import resource
 import signal
 import sys
@@ -31,13 +33,16 @@ import time
 import libtorrent as lt
 
 
-def loopback_settings(port, high_perf):
+def loopback_settings(port, high_perf, upload_rate=0):
     """settings_pack for a session on 127.0.0.1:port, as the anchors use it.
 
     Everything that would block, slow or scatter loopback traffic is off
     (DHT, LSD, UPnP, NAT-PMP, uTP); several peers per IP are allowed (every
     peer is 127.0.0.1); no rate limits. ``high_perf`` adds libtorrent's own
     ``high_performance_seed()`` preset (the anchors' ``bt-hp`` suite).
+    ``upload_rate`` (bytes/s of payload, 0 = none) caps the session's uploads
+    the way mbt's ``--upload-rate`` does: on loopback too (libtorrent ignores
+    limits on a local network by default), payload bytes only.
     """
     s = dict(lt.high_performance_seed()) if high_perf else {}
     s.update({
@@ -52,9 +57,10 @@ def loopback_settings(port, high_perf):
         'enable_incoming_tcp': True,
         'enable_outgoing_tcp': True,
         'allow_multiple_connections_per_ip': True,
-        'upload_rate_limit': 0,
+        'upload_rate_limit': int(upload_rate),
         'download_rate_limit': 0,
-        'ignore_limits_on_local_network': True,
+        'ignore_limits_on_local_network': not upload_rate,
+        'rate_limit_ip_overhead': False,
         'alert_mask': (lt.alert.category_t.error_notification
                        | lt.alert.category_t.status_notification
                        | lt.alert.category_t.tracker_notification
@@ -97,13 +103,15 @@ def seed(a):
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-    ses = lt.session(loopback_settings(a.port, a.high_perf))
+    ses = lt.session(loopback_settings(a.port, a.high_perf, a.upload_rate))
     h, _ = add(ses, a.torrent, a.save, a.tracker)
     h.resume()
     t0 = time.time()
     ready = replied = False
     while not stop:
         ses.wait_for_alert(200)
+        if a.stats and ready:
+            write_json(a.stats, {'payload_upload': h.status().total_payload_upload})
         for al in ses.pop_alerts():
             if isinstance(al, lt.tracker_reply_alert):
                 replied = True
@@ -118,12 +126,24 @@ def seed(a):
     ses.pause()
 
 
+def write_json(path, obj):
+    with open(path + '.tmp', 'w') as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + '.tmp', path)
+
+
 def leech(a):
     t_start = time.monotonic()
-    ses = lt.session(loopback_settings(a.port, a.high_perf))
+    ses = lt.session(loopback_settings(a.port, a.high_perf, a.upload_rate))
     h, total = add(ses, a.torrent, a.save, a.tracker)
+    if a.swarm:
+        # Everything set up; the driver starts every leecher of the swarm at once.
+        print('READY', flush=True)
+        if sys.stdin.readline().strip() != 'GO':
+            return 1
     cpu_add = cpu_now()
     t_add = time.monotonic()
+    wall_add = time.time()
     h.resume()
     for hp in filter(None, a.peers.split(',')):
         host, _, port = hp.rpartition(':')
@@ -172,9 +192,21 @@ def leech(a):
         'peak_rss_anon_kb': max(peak_anon, ps.get('RssAnon', 0)),
         'vm_hwm_kb': ps.get('VmHWM'),
         'errors': errors[:20],
+        'wall_add': wall_add,
+        'wall_finished': wall_add + (t_fin - t_add) if t_fin else None,
+        'payload_upload': st.total_payload_upload,
     }
-    with open(a.json, 'w') as f:
-        json.dump(res, f, indent=1)
+    write_json(a.json, res)
+    if a.swarm and res['ok']:
+        # A finished leecher of the swarm seeds on, as mbt's does, until SIGTERM.
+        stop = []
+        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+        deadline = time.monotonic() + a.timeout
+        while not stop and time.monotonic() < deadline:
+            ses.wait_for_alert(200)
+            ses.pop_alerts()
+        res['payload_upload'] = h.status().total_payload_upload
+        write_json(a.json, res)
     ses.pause()
     return 0 if res['ok'] else 1
 
@@ -190,6 +222,10 @@ def main():
     ap.add_argument('--peers', default='', help='leecher: comma list of host:port to connect_peer()')
     ap.add_argument('--json', help='leecher: where to write the result')
     ap.add_argument('--timeout', type=float, default=600)
+    ap.add_argument('--upload-rate', type=float, default=0, help='payload upload cap, bytes/s (0 = none)')
+    ap.add_argument('--stats', help='seeder: keep its payload upload count in this JSON file')
+    ap.add_argument('--swarm', action='store_true',
+                    help='leecher: print READY, start on a GO line on stdin, seed after finishing until SIGTERM')
     a = ap.parse_args()
     if a.mode == 'seed':
         seed(a)

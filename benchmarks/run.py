@@ -36,7 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from swarm import MiB, MB, Swarm, make_data, one_seeder_many_leechers, one_to_many_seeders  # noqa: E402
+from swarm import MiB, MB, Swarm, fluid_bound, make_data, one_seeder_many_leechers, one_to_many_seeders  # noqa: E402
 
 
 def fresh(work: str, name: str) -> str:
@@ -78,16 +78,6 @@ def disk_line(path: str) -> str:
     out = subprocess.run(["df", "-h", "--output=source,fstype,size,avail,target", path],
                          capture_output=True, text=True).stdout.strip().splitlines()
     return out[-1] if out else "?"
-
-
-def fluid_bound(size: float, leechers: int, rate: float) -> float:
-    """Least time for 1 seeder + N leechers, every peer uploading at most ``rate`` bytes/s.
-
-    The seeder must send every byte at least once (F/u), and the N copies
-    (N*F bytes) can be uploaded no faster than all N+1 peers together
-    (u + N*u).
-    """
-    return max(size / rate, leechers * size / (rate + leechers * rate))
 
 
 def main() -> int:

@@ -278,6 +278,16 @@ class UploadSampler:
         return sum(v for (local, _remote), v in self.best.items() if local == address)
 
 
+def fluid_bound(size: float, leechers: int, rate: float) -> float:
+    """Least time for 1 seeder + N leechers, every peer uploading at most ``rate`` bytes/s.
+
+    The seeder must send every byte at least once (F/u), and the N copies
+    (N*F bytes) can be uploaded no faster than all N+1 peers together
+    (u + N*u).
+    """
+    return max(size / rate, leechers * size / (rate + leechers * rate))
+
+
 def one_seeder_many_leechers(work: str, data: str, leechers: int = 8, upload_rate: Optional[str] = None) -> Dict:
     """One seeder, ``leechers`` leechers starting together; total time until all are [C].
 
