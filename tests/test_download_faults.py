@@ -253,3 +253,72 @@ def test_seeder_stops_sharing_a_file_truncated_on_disk(cluster, tmp_path):
     assert files == [] or files[0]["peers"] == 0
     line = yield dan.commands.execute("show_downloads")
     assert line.startswith("[D] [g] f.bin") and not os.path.exists(tmp_path / "dl" / "f.bin")
+
+
+# -- file identity: rooted manifests, old-style manifests, verify_on_disk -------
+
+def _old_style_uploads(monkeypatch, file_hash=None):
+    """Seeders hash like a peer from before roots: file_hash = whole-file SHA-256 (or a forged one)."""
+    import dataclasses
+
+    import mbt.peer.node as node_mod
+    real = node_mod.hash_file
+
+    def old_hash_file(path, name=None, progress=None, cancelled=None, whole_file=False):
+        m = real(path, name, progress, cancelled, whole_file=True)
+        return dataclasses.replace(m, file_hash=file_hash) if file_hash else m
+    monkeypatch.setattr(node_mod, "hash_file", old_hash_file)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_rooted_manifest_needs_no_second_pass(cluster, tmp_path):
+    seeds, dan, sha = yield swarm(cluster, tmp_path, 3 * PIECE_SIZE + 5)
+    yield dan.download_file("g", "f.bin", "dl")
+    dl = dan.downloads[("g", "f.bin")]
+    assert dl.manifest.rooted and dl.file_hash is None
+    assert (yield wait_download(dan, "g", "f.bin")) == "C"
+    assert sha256_file(tmp_path / "dl" / "f.bin") == sha
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_old_style_manifest_is_still_checked_against_the_whole_file(cluster, tmp_path, monkeypatch):
+    _old_style_uploads(monkeypatch)
+    seeds, dan, sha = yield swarm(cluster, tmp_path, 3 * PIECE_SIZE + 5)
+    assert seeds[0].store.shares[("g", "f.bin")].manifest["file_hash"] == sha
+    yield dan.download_file("g", "f.bin", "dl")
+    dl = dan.downloads[("g", "f.bin")]
+    assert not dl.manifest.rooted and dl.file_hash is not None
+    assert (yield wait_download(dan, "g", "f.bin")) == "C"
+    assert sha256_file(tmp_path / "dl" / "f.bin") == sha
+
+
+@pytest_twisted.inlineCallbacks
+def test_good_pieces_under_a_file_hash_that_is_neither_root_nor_sha256_save_nothing(cluster, tmp_path,
+                                                                                     monkeypatch):
+    _old_style_uploads(monkeypatch, file_hash="0" * 64)
+    seeds, dan, sha = yield swarm(cluster, tmp_path, 2 * PIECE_SIZE)
+    yield dan.download_file("g", "f.bin", "dl")
+    assert (yield wait_download(dan, "g", "f.bin")) == "F"
+    line = yield dan.commands.execute("show_downloads")
+    assert "whole-file hash mismatch; nothing saved" in line
+    assert os.listdir(tmp_path / "dl") == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_verify_on_disk_reads_the_file_back_and_catches_bytes_changed_after_their_check(cluster, tmp_path,
+                                                                                       monkeypatch):
+    from mbt.peer.storage import PieceFile
+    real = PieceFile.verify_and_write
+
+    def write_then_rot(self, index, data):
+        ok = real(self, index, data)
+        if ok and index == 1:
+            os.pwrite(self.fd, b"\xff" if data[7] != 0xff else b"\x00", index * PIECE_SIZE + 7)
+        return ok
+    monkeypatch.setattr(PieceFile, "verify_and_write", write_then_rot)
+    seeds, dan, sha = yield swarm(cluster, tmp_path, 3 * PIECE_SIZE)
+    assert (yield dan.commands.execute("set verify_on_disk on")).startswith("completed downloads are read back")
+    yield dan.download_file("g", "f.bin", "dl")
+    assert (yield wait_download(dan, "g", "f.bin")) == "F"
+    assert "whole-file hash mismatch; nothing saved" in (yield dan.commands.execute("show_downloads"))
+    assert os.listdir(tmp_path / "dl") == []

@@ -5,7 +5,8 @@ import hashlib
 import pytest
 
 from mbt.errors import InvalidArgument
-from mbt.manifest import MAX_FILE_SIZE, PIECE_SIZE, Manifest, hash_file, piece_count, piece_length
+from mbt.manifest import (MAX_FILE_SIZE, PIECE_SIZE, Manifest, hash_file, main, piece_count, piece_length,
+                          pieces_root)
 
 K = 3  # "k pieces" in the edge cases below
 
@@ -78,12 +79,56 @@ def test_hash_file_matches_hashlib(tmp_path, size):
     m = hash_file(str(path))
     assert m.name == "file.bin"
     assert m.size == size
-    assert m.file_hash == hashlib.sha256(data).hexdigest()
     expected = [hashlib.sha256(data[i:i + PIECE_SIZE]).hexdigest() for i in range(0, size, PIECE_SIZE)]
     assert list(m.piece_hashes) == expected
     assert m.pieces == piece_count(size)
+    # file_hash is the root over the size and the piece digests, exactly as documented.
+    root = hashlib.sha256(b"mbt pieces-v1\n" + str(size).encode() + b"\n"
+                          + b"".join(bytes.fromhex(h) for h in expected)).hexdigest()
+    assert m.file_hash == root and m.rooted
     # The manifest survives the wire: to_dict -> from_dict is the identity.
     assert Manifest.from_dict(m.to_dict()) == m
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_hash_file_whole_file_makes_an_old_style_manifest(tmp_path, size):
+    data = _data(size)
+    path = tmp_path / "file.bin"
+    path.write_bytes(data)
+    old = hash_file(str(path), whole_file=True)
+    new = hash_file(str(path))
+    assert old.file_hash == hashlib.sha256(data).hexdigest() and not old.rooted
+    assert old.piece_hashes == new.piece_hashes and old.size == new.size
+    assert Manifest.from_dict(old.to_dict()).rooted is False
+
+
+def test_the_root_binds_the_size_the_order_and_every_piece():
+    a, b = hashlib.sha256(b"a").digest(), hashlib.sha256(b"b").digest()
+    base = pieces_root(2 * PIECE_SIZE, [a, b])
+    assert pieces_root(2 * PIECE_SIZE, [b, a]) != base
+    assert pieces_root(2 * PIECE_SIZE - 1, [a, b]) != base
+    assert pieces_root(2 * PIECE_SIZE, [a, a]) != base
+    assert pieces_root(0, []) == hashlib.sha256(b"mbt pieces-v1\n0\n").hexdigest()
+
+
+def test_a_manifest_with_a_forged_file_hash_is_not_rooted():
+    h = hashlib.sha256(b"x").hexdigest()
+    m = Manifest(name="a", size=1, file_hash=pieces_root(1, [bytes.fromhex(h)]), piece_hashes=(h,))
+    assert m.rooted
+    other = Manifest(name="a", size=1, file_hash="0" * 64, piece_hashes=(h,))
+    assert not other.rooted     # a download then checks the whole file's SHA-256 against it
+
+
+def test_command_line_prints_file_hash_and_sha256(tmp_path, capsys):
+    data = _data(PIECE_SIZE + 3)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "%s  file_hash  %s" % (hash_file(str(path)).file_hash, path)
+    assert out[1] == "%s  sha256     %s" % (hashlib.sha256(data).hexdigest(), path)
+    assert main([str(tmp_path / "missing")]) == 1
+    assert "error: " in capsys.readouterr().err
 
 
 def test_hash_file_uses_given_name_and_reports_progress(tmp_path):

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 
 from mbt.errors import MbtError
-from mbt.manifest import MAX_FILE_SIZE, PIECE_SIZE, Manifest, hash_file, piece_count
+from mbt.manifest import MAX_FILE_SIZE, PIECE_SIZE, Manifest, hash_file, piece_count, pieces_root
 from mbt.peer.serving import Servable
 from mbt.peer.storage import PieceFile, bitfield_hex
 from mbt.protocols.peer import (HANDSHAKE_TIMEOUT, HELLO_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE_INTERVAL, MAX_BLOCK,
@@ -939,7 +939,9 @@ def test_client_downloads_whole_file_from_server(servable, shared, clock):
     assert len(dl.data) == 4 + 4 + 1
     got = dl.assembled()
     assert got == data
-    assert hashlib.sha256(got).hexdigest() == manifest.file_hash
+    # Verified pieces prove the file: their root is the manifest's file_hash.
+    digests = [hashlib.sha256(got[i:i + PIECE_SIZE]).digest() for i in range(0, len(got), PIECE_SIZE)]
+    assert pieces_root(len(got), digests) == manifest.file_hash
     for i in range(manifest.pieces):
         start = i * PIECE_SIZE
         assert servable.piece_file.piece_ok(i, got[start:start + manifest.piece_length(i)])

@@ -328,7 +328,19 @@ def test_file_hash_of_complete_file(part, source):
     _, data, manifest = source
     for i in range(3):
         assert part.verify_and_write(i, piece(data, i))
-    assert part.file_hash() == manifest.file_hash == hashlib.sha256(data).hexdigest()
+    assert part.file_hash() == manifest.file_hash and manifest.rooted
+
+
+def test_file_hash_of_an_old_style_manifest_is_the_whole_file_sha256(tmp_path, source):
+    path, data, _ = source
+    old = hash_file(path, whole_file=True)
+    pf = PieceFile(str(tmp_path / "old.part"), old, writable=True)
+    try:
+        for i in range(3):
+            assert pf.verify_and_write(i, piece(data, i))
+        assert pf.file_hash() == old.file_hash == hashlib.sha256(data).hexdigest()
+    finally:
+        pf.close()
 
 
 def test_file_hash_of_incomplete_file_differs(part, source):
@@ -376,7 +388,7 @@ def test_empty_manifest_piece_file(tmp_path):
     assert manifest.pieces == 0
     pf = PieceFile(str(tmp_path / "empty.part"), manifest, writable=True)
     try:
-        assert pf.file_hash() == hashlib.sha256(b"").hexdigest() == manifest.file_hash
+        assert pf.file_hash() == manifest.file_hash and manifest.rooted
         assert pf.verify_existing([0]) == []
     finally:
         pf.close()

@@ -109,7 +109,8 @@ class CommandTable:
             ("stop_share", ["group_id", "file_name"], "stop sharing one file"),
             ("set", ["option", "value"],
              "change a setting live and keep it for later runs: set upload_rate 20M"
-             " (0 = no limit; --upload-rate given at start wins over the kept value)"),
+             " (0 = no limit; --upload-rate given at start wins over the kept value);"
+             " set verify_on_disk on|off (this run only)"),
             ("help", ["command"], "list commands, or show one command's usage"),
             ("quit", [], "stop this console (the stdio client stops the peer)"),
         ]
@@ -318,8 +319,15 @@ class CommandTable:
             _plural(n, "download"), "it resumes" if n == 1 else "they resume")
 
     def cmd_set(self, option: str, value: str):
+        if option == "verify_on_disk":
+            if value not in ("on", "off"):
+                raise UsageError("verify_on_disk is on or off")
+            self.node.verify_on_disk = value == "on"
+            return ("completed downloads are read back from disk and every piece checked again"
+                    if value == "on" else "completed downloads are not read back (every piece is checked "
+                                          "as it arrives)")
         if option != "upload_rate":
-            raise UsageError("unknown setting %r; settings: upload_rate" % option[:40])
+            raise UsageError("unknown setting %r; settings: upload_rate, verify_on_disk" % option[:40])
         from mbt.peer.ratelimit import parse_rate
         try:
             rate = parse_rate(value)

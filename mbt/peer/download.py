@@ -6,8 +6,12 @@ decide which block to ask of which peer. Blocks are assembled in a per-piece
 buffer (memory bounded by the pieces in flight, never by the file size); a
 complete piece is hashed and written to ``DEST.part`` in a worker thread. Each
 verified piece is at once servable to other members (see
-:class:`~mbt.peer.serving.Servable`). When every piece is in, the whole file is
-hashed and only then renamed to the destination, never over an existing file.
+:class:`~mbt.peer.serving.Servable`). When every piece is in, the file is
+renamed to the destination, never over an existing file: for a rooted manifest
+(``file_hash`` = root of the piece hashes) the verified pieces prove the whole
+file; an old-style manifest's whole-file SHA-256 is computed alongside the
+download and checked first (and ``set verify_on_disk on`` reads every byte
+back from disk and checks it again).
 """
 
 from __future__ import annotations
@@ -259,13 +263,16 @@ class Download:
                 self.fail("cannot write %s: %s" % (self.record.part_path, e.strerror or e))
                 return
             # Resume: trust nothing on disk until it hashes right again.
-            self.file_hash = WholeFileHash(self.piece_file, self.manifest.pieces)
+            if not self.manifest.rooted:
+                # An old-style manifest: its file_hash is the whole file's SHA-256.
+                self.file_hash = WholeFileHash(self.piece_file, self.manifest.pieces)
             if self.record.have:
                 good = yield threads.deferToThread(self.piece_file.verify_existing, list(self.record.have))
                 self.have.update(good)
                 self.verified_bytes = sum(self.manifest.piece_length(i) for i in good)
-                for i in good:
-                    self.file_hash.written[i] = 1
+                if self.file_hash is not None:
+                    for i in good:
+                        self.file_hash.written[i] = 1
                 if not self.running:        # paused while re-checking: start over next time
                     self.piece_file.close()
                     self.piece_file = None
@@ -596,7 +603,7 @@ class Download:
 
         def verify_write_hash():      # runs in a worker thread
             ok = piece_file.verify_and_write(index, buf)
-            if ok:
+            if ok and file_hash is not None:
                 file_hash.piece_written(index, buf)
             return ok
         d = threads.deferToThread(verify_write_hash)
@@ -658,17 +665,24 @@ class Download:
             return
         self.running = False
         self._stop_activity()
-        self.note = "checking the whole file"
-        try:
-            digest = yield threads.deferToThread(self.file_hash.finish)
-        except (IOError, OSError) as e:
-            self.fail("cannot read back %s: %s" % (self.record.part_path, e))
-            return
-        if self.status != "D":
-            return
-        if digest != self.manifest.file_hash:
-            self.fail("whole-file hash mismatch; nothing saved")
-            return
+        # Every piece has matched its hash. For a rooted manifest that proves the
+        # file (file_hash is the root of those hashes): no second pass, unless the
+        # user asked for the bytes on disk to be read back and checked again.
+        if self.file_hash is not None or self.node.verify_on_disk:
+            self.note = "checking the whole file"
+            try:
+                if self.file_hash is not None:
+                    ok = (yield threads.deferToThread(self.file_hash.finish)) == self.manifest.file_hash
+                else:
+                    ok = (yield threads.deferToThread(self.piece_file.file_hash)) == self.manifest.file_hash
+            except (IOError, OSError) as e:
+                self.fail("cannot read back %s: %s" % (self.record.part_path, e))
+                return
+            if self.status != "D":
+                return
+            if not ok:
+                self.fail("whole-file hash mismatch; nothing saved")
+                return
         if not self.piece_file.is_at():
             self.fail("%s was replaced or removed during the download; nothing saved" % self.record.part_path)
             return

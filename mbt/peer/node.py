@@ -69,6 +69,8 @@ class PeerNode:
         self.upload_limiter = TokenBucket(reactor, upload_rate)
         self._share_checker: Optional[task.LoopingCall] = None
         self._rechecking: set = set()
+        #: ``set verify_on_disk on``: after the last piece, read the file back and check it again.
+        self.verify_on_disk = False
         self.server_factory = PeerServerFactory(self, reactor, limiter=self.upload_limiter)
         self.port = None
         for record in self.store.downloads.values():
@@ -287,7 +289,9 @@ class PeerNode:
         if problem == "size changed":
             return "%s changed on disk; upload_file it again to share the new content" % share.path
         try:
-            fresh = yield threads.deferToThread(hash_file, share.path, share.name)
+            # In the scheme of the announced manifest (an old share: whole-file SHA-256).
+            fresh = yield threads.deferToThread(hash_file, share.path, share.name,
+                                                whole_file=not share.get_manifest().rooted)
         except (OSError, MbtError) as e:
             return "cannot read %s (%s)" % (share.path, e)
         if fresh.file_hash != share.manifest["file_hash"]:

@@ -13,7 +13,7 @@ import os
 import stat
 from typing import Iterable, List, Optional, Set
 
-from mbt.manifest import Manifest
+from mbt.manifest import Manifest, pieces_root
 
 
 def bitfield_hex(have: Iterable[int], count: int) -> str:
@@ -193,11 +193,25 @@ class PieceFile:
         return good
 
     def file_hash(self) -> str:
-        """SHA-256 of the whole file as it is on disk (thread: reads everything).
+        """The file's identity as it is on disk, in its manifest's scheme (thread: reads everything).
 
-        Past ``manifest.size`` too (to the end, or a little beyond the size): a
-        file that grew since it was opened must not pass as the manifest's file.
+        For a rooted manifest, the root of every piece's SHA-256 read back from
+        disk; for an old-style one, the SHA-256 of the whole file. Past
+        ``manifest.size`` too (to the end, or a little beyond the size): a file
+        that grew since it was opened must not pass as the manifest's file.
         """
+        if os.fstat(self.fd).st_size != self.manifest.size:
+            return "size %d" % os.fstat(self.fd).st_size
+        if self.manifest.rooted:
+            digests = []
+            buf = bytearray(self.manifest.piece_size)
+            for i in range(self.manifest.pieces):
+                length = self.manifest.piece_length(i)
+                view = memoryview(buf)[:length]
+                if os.preadv(self.fd, [view], i * self.manifest.piece_size) != length:
+                    return "short read"
+                digests.append(hashlib.sha256(view).digest())
+            return pieces_root(self.manifest.size, digests)
         h = hashlib.sha256()
         buf = bytearray(1 << 20)
         pos = 0
