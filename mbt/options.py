@@ -37,14 +37,11 @@ from twisted.python import usage
 
 from mbt.errors import ConfigError
 from mbt.peer.ratelimit import parse_rate
+from mbt.statedir import default_state_dir
 from mbt.tls import TLSConfig
+from mbt.tracker.pgstore import is_url
+from mbt.web.server import check_endpoint
 from mbt.trackerinfo import load_relays, load_tracker_info, parse_address, select_tracker
-
-
-def default_state_dir(kind: str) -> str:
-    """A per-user data directory, e.g. ``~/.local/share/mbt/tracker-1``."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "mbt", kind)
 
 
 def default_peer_state_dir(address: str) -> str:
@@ -164,7 +161,6 @@ class TrackerFlags(_Options):
 
     def _check_store(self) -> None:
         """``--store`` must be a PostgreSQL URL; ``--import-from``/``--export-to`` need it."""
-        from mbt.tracker.pgstore import is_url
         if self["store"] and not is_url(self["store"]):
             raise BadConfig("--store must be a postgresql://USER@HOST/DB URL")
         for key in ("import-from", "export-to"):
@@ -246,7 +242,6 @@ class PeerFlags(_Options):
             raise usage.UsageError("--upload-rate: %s" % e)
         if self["web"]:
             from twisted.internet import reactor
-            from mbt.web.server import check_endpoint
             try:
                 self["web"] = check_endpoint(reactor, self["web"])
             except ConfigError as e:

@@ -11,15 +11,20 @@ import os
 import sys
 from typing import Callable, List, Optional
 
-from twisted.internet import defer, task
+from twisted.internet import defer, stdio, task
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.protocols.basic import LineReceiver
 from twisted.python import usage
 from twisted.python.failure import Failure
+from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner, \
+    textFileLogObserver
 from zope.interface import implementer
 
 from mbt.errors import ConfigError
 from mbt.options import BadConfig, ClientCommandOptions, TrackerCommandOptions
+from mbt.protocols.console import StdioConsole
+from mbt.tap import build_peer, build_tracker, start_failure_message
+from mbt.tracker.migrate import export_state_dir
 
 #: mbt-client waits at most this long for a clean stop (an unreachable tracker).
 CLIENT_STOP_TIMEOUT = 5.0
@@ -27,8 +32,6 @@ CLIENT_STOP_TIMEOUT = 5.0
 
 def _start_logging(path: Optional[str] = None) -> None:
     """Structured log lines to stderr (or a file); stdout stays for the console."""
-    from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, \
-        globalLogBeginner, textFileLogObserver
     level = LogLevel.levelWithName(os.environ.get("MBT_LOG_LEVEL", "info").lower()) \
         if os.environ.get("MBT_LOG_LEVEL", "info").lower() in ("debug", "info", "warn", "error") else LogLevel.info
     # The log may hold user and group names: readable by its owner only.
@@ -59,7 +62,6 @@ def _fail(message: str, code: int) -> None:
 @defer.inlineCallbacks
 def start(svc, ready: Callable[[], defer.Deferred], log_file: Optional[str]):
     """Start ``svc`` and wait for ``ready()``; exit 2 for a ConfigError, 1 if it cannot serve."""
-    from mbt.tap import start_failure_message
     try:
         svc.startService()
     except ConfigError as e:
@@ -126,10 +128,7 @@ def tracker_main(argv: Optional[List[str]] = None) -> None:
 @defer.inlineCallbacks
 def run_tracker(reactor, config):
     """The tracker process: start, print where it listens, serve until ``quit`` or a signal."""
-    from twisted.internet import stdio
-    from mbt.tap import build_tracker
     if config.get("export-to"):
-        from mbt.tracker.migrate import export_state_dir
         try:
             counts = export_state_dir(config["store"], config["export-to"])
         except ConfigError as e:
@@ -185,9 +184,6 @@ def client_main(argv: Optional[List[str]] = None) -> None:
 @defer.inlineCallbacks
 def run_client(reactor, config):
     """The peer process: start, then run the stdio console until ``quit``, end of input or a signal."""
-    from twisted.internet import stdio
-    from mbt.protocols.console import StdioConsole
-    from mbt.tap import build_peer
     svc = build_peer(config, reactor)
     # The console owns stdout; the log goes to a file so it never garbles a reply.
     node = yield start(svc, lambda: svc.started, config["log-file"])

@@ -19,6 +19,10 @@ from twisted.internet import error as net_error
 from twisted.python.failure import Failure
 
 from mbt.errors import ConfigError
+from mbt.peer.runner import PeerService
+from mbt.tls import server_endpoint
+from mbt.tracker.secret import default_secret_path
+from mbt.tracker.service import TrackerService
 
 
 def tracker_endpoint(host: str, port: int) -> str:
@@ -29,9 +33,6 @@ def tracker_endpoint(host: str, port: int) -> str:
 
 def build_tracker(config, reactor=None):
     """The TrackerService a parsed tracker config describes (nothing opened yet)."""
-    from mbt.tracker.secret import default_secret_path
-    from mbt.tracker.service import TrackerService
-    from mbt.tls import server_endpoint
     if reactor is None:
         from twisted.internet import reactor
     me = config["address"]
@@ -54,7 +55,6 @@ def build_peer(config, reactor=None, kind=None):
     Its telnet console and manhole are those of ``config`` if it has them
     (``twistd mbt-peer``); ``mbt-client`` runs its console on stdio instead.
     """
-    from mbt.peer.runner import PeerService
     return (kind or PeerService)(config["address"], config["trackers"], config["state-dir"],
                        config.get("console"), config.get("manhole"), reactor=reactor,
                        upload_rate=config["upload-rate"], tls=config["tls"], web=config["web"])

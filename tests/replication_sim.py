@@ -16,7 +16,8 @@ from twisted.internet import defer, task
 
 from mbt.tracker.oplog import OpLog
 from mbt.tracker.replication import Replicator, Timing
-from mbt.tracker.service import Connection, TrackerCore
+from mbt.tracker.connection import Connection
+from mbt.tracker.service import TrackerCore
 from mbt.tracker.state import TrackerState
 from mbt.tracker.store import MemoryStore
 

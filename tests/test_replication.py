@@ -24,7 +24,8 @@ from mbt.protocols.tracker import TrackerServerFactory
 from mbt.tracker import sequencer
 from mbt.tracker.oplog import GENESIS, OpLog, chain_hash
 from mbt.tracker.replication import ELECTING, FOLLOWING, LEADING, SYNCING, Replicator, Timing
-from mbt.tracker.service import Connection, TrackerCore
+from mbt.tracker.connection import Connection
+from mbt.tracker.service import TrackerCore
 from mbt.tracker.state import TrackerState
 from mbt.tracker.store import MemoryStore, SQLiteStore
 from mbt.trackerinfo import TrackerAddress

@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mbt.errors import MbtError, UsageError
+from mbt.peer.ratelimit import parse_rate
 
 log = Logger(namespace="mbt.commands")
 
@@ -328,7 +329,6 @@ class CommandTable:
                                           "as it arrives)")
         if option != "upload_rate":
             raise UsageError("unknown setting %r; settings: upload_rate, verify_on_disk" % option[:40])
-        from mbt.peer.ratelimit import parse_rate
         try:
             rate = parse_rate(value)
         except ValueError as e:

@@ -10,7 +10,12 @@ from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
+from mbt.peer.commands import CommandTable
+from mbt.peer.node import PeerNode
+from mbt.protocols.console import manhole_factory, telnet_console_factory
+from mbt.statedir import StateDirLock, ensure_state_dir
 from mbt.tls import TLSConfig
+from mbt.web.server import start_web, stop_web
 
 log = Logger(namespace="mbt.peer.runner")
 
@@ -62,7 +67,6 @@ class PeerService(service.Service):
         self.started: defer.Deferred = defer.Deferred()
 
     def startService(self) -> None:
-        from mbt.tracker.service import StateDirLock, ensure_state_dir
         self.state_dir = ensure_state_dir(self.state_dir)
         self.lock = StateDirLock(self.state_dir)
         service.Service.startService(self)
@@ -70,9 +74,6 @@ class PeerService(service.Service):
 
     @defer.inlineCallbacks
     def _start(self):
-        from mbt.peer.commands import CommandTable
-        from mbt.peer.node import PeerNode
-        from mbt.protocols.console import manhole_factory, telnet_console_factory
         reactor = self._reactor
         if reactor is None:
             from twisted.internet import reactor
@@ -98,7 +99,6 @@ class PeerService(service.Service):
             self.ports.append(port)
             log.info("manhole on {ep}; credentials in {path}", ep=self.manhole_endpoint, path=path)
         if self.web_endpoint:
-            from mbt.web.server import start_web
             self.web = yield start_web(reactor, self.node, table, self.web_endpoint)
             log.info("web page on {url}", url=self.web[1])
         return self.node
@@ -109,7 +109,6 @@ class PeerService(service.Service):
         for p in self.ports:
             yield p.stopListening()
         if self.web is not None:
-            from mbt.web.server import stop_web
             yield stop_web(self.web)
             self.web = None
         if self.node is not None:

@@ -26,6 +26,7 @@ from mbt.protocols.jsonlines import encode  # noqa: F401  (re-exported: the one 
 from mbt.protocols.limits import HangUp, HostCounts
 from mbt.protocols.lines import BoundedLineReceiver, LineBudget
 from mbt.protocols.sync import SYNC_MAX_LINE, is_sync_hello
+from mbt.tracker.connection import Connection
 
 log = Logger(namespace="mbt.tracker.protocol")
 
@@ -66,7 +67,6 @@ class TrackerServerProtocol(BoundedLineReceiver):
     LONG_LINE_DEADLINE = LONG_LINE_DEADLINE
 
     def connectionMade(self) -> None:
-        from mbt.tracker.service import Connection
         peer = self.transport.getPeer()
         self.host = str(getattr(peer, "host", "?"))
         self.conn = Connection("%s:%s" % (self.host, getattr(peer, "port", "?")))

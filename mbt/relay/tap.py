@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from twisted.application import internet, service
 from twisted.internet import endpoints
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from mbt.errors import ConfigError
+from mbt.peer.ratelimit import parse_rate
+from mbt.relay.server import RelayFactory
+from mbt.tls import TLSConfig
 
 
 class Options(usage.Options):
@@ -24,8 +28,6 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        from mbt.peer.ratelimit import parse_rate
-        from mbt.tls import TLSConfig
         if not self["listen"]:
             raise usage.UsageError("--listen ENDPOINT is required (e.g. tcp:7400)")
         for key in ("rate", "total-rate"):
@@ -49,8 +51,6 @@ def makeService(config, reactor=None) -> service.IService:
     """The relay as a twistd service listening on ``config['listen']``."""
     if reactor is None:
         from twisted.internet import reactor
-    from twisted.protocols.tls import TLSMemoryBIOFactory
-    from mbt.relay.server import RelayFactory
     factory = RelayFactory(reactor, rate=config["rate"], total_rate=config["total-rate"],
                            max_pairs=config["max-pairs"])
     tls = config.get("tls")

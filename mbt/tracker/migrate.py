@@ -16,9 +16,12 @@ from typing import Tuple
 
 from mbt.errors import ConfigError, MbtError
 from mbt.tracker import snapshot
+from mbt.statedir import StateDirLock, ensure_state_dir
 from mbt.tracker.oplog import OpLog
+from mbt.tracker.pgfleet import rebuild
 from mbt.tracker.pgstore import DatabaseUnavailable, PgLog, safe_url
 from mbt.tracker.state import TrackerState
+from mbt.tracker.store import SQLiteStore
 
 DB_NAME = "tracker.sqlite3"
 
@@ -42,8 +45,6 @@ def _replayed(store) -> Tuple[TrackerState, int]:
 
 def import_state_dir(state_dir: str, url: str) -> dict:
     """Copy the SQLite tracker state in ``state_dir`` into the (empty) database at ``url``."""
-    from mbt.tracker.service import StateDirLock
-    from mbt.tracker.store import SQLiteStore
     path = os.path.join(os.path.abspath(os.path.expanduser(state_dir)), DB_NAME)
     if not os.path.isfile(path):
         raise ConfigError("no tracker database in %s (expected %s)" % (state_dir, DB_NAME))
@@ -74,9 +75,6 @@ def import_state_dir(state_dir: str, url: str) -> dict:
 
 def export_state_dir(url: str, state_dir: str) -> dict:
     """Write the fleet's durable state at ``url`` into a new SQLite state dir."""
-    from mbt.tracker.pgfleet import rebuild
-    from mbt.tracker.service import StateDirLock, ensure_state_dir
-    from mbt.tracker.store import SQLiteStore
     db = PgLog(url)
     try:
         db.ensure_schema()

@@ -46,6 +46,7 @@ from twisted.python.threadpool import ThreadPool
 
 from mbt.errors import ConfigError, MbtError
 from mbt.tracker import snapshot
+from mbt.tracker.login_budget import SharedLoginGuard
 from mbt.tracker.pgstore import DatabaseUnavailable, PgLog, safe_url
 from mbt.tracker.state import Session, TrackerState
 
@@ -163,7 +164,6 @@ class PgFleet:
         self.snapshot_every = snapshot_every
         self.presence = FleetPresence(self)
         # The login budget of this tracker alone (not yet shared through the database).
-        from mbt.tracker.login_budget import SharedLoginGuard
         self.login_guard = SharedLoginGuard(clock)
         self.head = 0
         self.db_ok = True

@@ -19,36 +19,30 @@ import secrets
 from typing import Callable, Dict, List, Optional
 
 from twisted.application import service
-from twisted.internet import defer, threads
+from twisted.internet import defer, endpoints, threads
 from twisted.logger import Logger
 
 from mbt import passwords, tickets
 from mbt.throttle import LoginGuard
 from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, TrackerUnavailable, check_file_name, check_id
 from mbt.manifest import HASH_HEX_LEN, Manifest
+from mbt.protocols.sync import Mesh
+from mbt.protocols.tracker import TrackerServerFactory
+from mbt.statedir import StateDirLock, ensure_state_dir
+from mbt.tracker.connection import Connection
 from mbt.tracker.events import membership_events
+from mbt.tracker.migrate import import_state_dir
 from mbt.tracker.oplog import OpLog
+from mbt.tracker.pgfleet import PgFleet
+from mbt.tracker.pgstore import safe_url
 from mbt.tracker.reach import tcp_probe
 from mbt.tracker.replication import Replicator, Timing
+from mbt.tracker.secret import load_or_create_secret
 from mbt.tracker.state import TrackerState
+from mbt.tracker.store import SQLiteStore
 from mbt.trackerinfo import TrackerAddress, parse_address
 
 log = Logger(namespace="mbt.tracker")
-
-
-class Connection:
-    """What the tracker knows about one client connection."""
-
-    def __init__(self, remote: str = "?") -> None:
-        self.remote = remote
-        self.session_id: Optional[str] = None
-        self.user: Optional[str] = None
-        self.address: Optional[str] = None
-        self.token: Optional[str] = None
-        self.session_key: Optional[str] = None   # the peer's session public key (mbt/2), hex
-        self.closed = False
-        #: Sends an unsolicited message to this client (set by the protocol).
-        self.push: Callable[[dict], None] = lambda message: None
 
 
 def _str_arg(req: dict, key: str) -> str:
@@ -409,49 +403,6 @@ class TrackerCore:
         return result
 
 
-def default_state_dir(kind: str) -> str:
-    """A per-user data directory, e.g. ``~/.local/share/mbt/tracker-1``."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "mbt", kind)
-
-
-def ensure_state_dir(path: str) -> str:
-    """Create the state dir (mode 0700) if needed; raise ConfigError if unusable."""
-    from mbt.errors import ConfigError
-    path = os.path.abspath(os.path.expanduser(path))
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        os.chmod(path, 0o700)
-    except OSError as e:
-        raise ConfigError("cannot use state dir %s: %s" % (path, e.strerror or e))
-    if not os.access(path, os.W_OK):
-        raise ConfigError("state dir %s is not writable" % path)
-    return path
-
-
-class StateDirLock:
-    """An exclusive lock on a state dir, so two processes never share one."""
-
-    def __init__(self, state_dir: str) -> None:
-        import fcntl
-        from mbt.errors import ConfigError
-        self.path = os.path.join(state_dir, "lock")
-        self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self._fd)
-            raise ConfigError("state dir %s is in use by another mbt process" % state_dir)
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, b"%d\n" % os.getpid())
-
-    def release(self) -> None:
-        """Release the lock."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
 class TrackerService(service.Service):
     """One tracker: loads its state, links with the other trackers, listens on its address.
 
@@ -478,15 +429,13 @@ class TrackerService(service.Service):
                  store_url: Optional[str] = None, fleet_options: Optional[dict] = None,
                  import_from: Optional[str] = None) -> None:
         if reactor is None:
-            from twisted.internet import reactor as _r
-            reactor = _r
+            reactor = _default_clock()
         self._reactor = reactor
         self.number = number
         self.store_url = store_url
         self.import_from = import_from
         self.fleet_options = fleet_options or {}
         if store_url:
-            from mbt.tracker.pgstore import safe_url
             self.state_dir = None
             self.where = safe_url(store_url)
         else:
@@ -506,10 +455,6 @@ class TrackerService(service.Service):
 
     def open(self) -> None:
         """Create and lock the state dir, open the database and replay it (ConfigError if unusable)."""
-        from mbt.tracker.secret import load_or_create_secret
-        from mbt.tracker.store import SQLiteStore
-        from mbt.protocols.sync import Mesh
-        from mbt.protocols.tracker import TrackerServerFactory
         secret = self._secret
         if secret is None and self.secret_file:
             secret = load_or_create_secret(self.secret_file, create=self.create_secret)
@@ -540,10 +485,7 @@ class TrackerService(service.Service):
 
     def _open_fleet(self, secret: bytes) -> None:
         """Over PostgreSQL: read the newest snapshot and the log after it (ConfigError if unreachable)."""
-        from mbt.tracker.pgfleet import PgFleet
-        from mbt.protocols.tracker import TrackerServerFactory
         if self.import_from:
-            from mbt.tracker.migrate import import_state_dir
             counts = import_state_dir(self.import_from, self.store_url)
             log.info("imported {users} users, {groups} groups, {requests} requests, {files} files"
                      " ({operations} operations) from {src}", src=self.import_from, **counts)
@@ -559,7 +501,6 @@ class TrackerService(service.Service):
     def startService(self) -> None:
         self.open()
         service.Service.startService(self)
-        from twisted.internet import endpoints
         # A string (tests, plain TCP) or a ready endpoint (TLS, from mbt.tls).
         ep = (endpoints.serverFromString(self._reactor, self.endpoint)
               if isinstance(self.endpoint, str) else self.endpoint)
