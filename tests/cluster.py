@@ -114,7 +114,7 @@ class Cluster:
         node.tracker._running = False
         for dl in node.downloads.values():
             dl.running = False
-            for c in list(dl.conns.values()):
+            for c in dl.swarm.connections():
                 c.transport.abortConnection()
         for c in list(node.server_factory.connections):
             c.transport.abortConnection()

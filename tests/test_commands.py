@@ -18,6 +18,7 @@ from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 
 from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, check_file_name
+from mbt.peer.download import DownloadProgress
 from mbt.peer.commands import CommandTable
 
 #: The contract: every command and its usage, in the documented argument order.
@@ -83,8 +84,9 @@ class FakeNode:
     def __init__(self) -> None:
         self.calls: List[tuple] = []
         self.results = dict(DEFAULT_RESULTS)
-        self.download_lines: List[str] = []
+        self.download_lines: List[DownloadProgress] = []
         self.listeners = []
+        self.user = "u"
 
     def _answer(self, name, *args):
         self.calls.append((name,) + args)
@@ -422,10 +424,34 @@ def test_list_files_name_that_looks_like_an_error_is_not_read_as_one(table, node
     assert shlex.split(reply)[0] == "error: disk full"    # typed back, it is the same name
 
 
-def test_show_downloads_passes_lines_through(table, node):
-    node.download_lines = ["[D] [club] big.iso  37% 12.5 MB/s 3 peers", "[C] [club] a.bin",
-                           "[F] [club] c.bin  whole-file hash mismatch; nothing saved"]
-    assert run(table, "show_downloads") == "\n".join(node.download_lines)
+def progress(status, name, reason="", percent=0.0, rate=0.0, peers=0, running=True, note=""):
+    return DownloadProgress(status, "club", name, "/home/u/" + name, reason, percent, rate, peers,
+                            running, note)
+
+
+def test_show_downloads_formats_each_download(table, node):
+    node.download_lines = [progress("D", "big.iso", percent=37.9, rate=12.5e6, peers=3),
+                           progress("C", "a.bin", percent=100.0),
+                           progress("F", "c.bin", reason="whole-file hash mismatch; nothing saved")]
+    assert run(table, "show_downloads").split("\n") == [
+        "[D] [club] big.iso  37% 12.5 MB/s 3 peers", "[C] [club] a.bin  /home/u/a.bin",
+        "[F] [club] c.bin  whole-file hash mismatch; nothing saved"]
+
+
+def test_show_downloads_says_paused_or_waiting(table, node):
+    node.download_lines = [progress("D", "a.bin", percent=5, rate=2500, peers=1, running=False),
+                           progress("D", "b.bin", rate=12, note="no peer sharing it right now; waiting 9s")]
+    assert run(table, "show_downloads").split("\n") == [
+        "[D] [club] a.bin  5% paused until the next login",
+        "[D] [club] b.bin  0% 12 B/s 0 peers  (no peer sharing it right now; waiting 9s)"]
+
+
+def test_show_downloads_logged_out_says_nothing_runs(table, node):
+    node.user = None
+    node.download_lines = [progress("D", "a.bin", percent=5, running=False)]
+    assert run(table, "show_downloads").split("\n") == [
+        "(logged out: nothing is downloading; unfinished downloads resume at the next login)",
+        "[D] [club] a.bin  5% paused until the next login"]
 
 
 def test_show_downloads_empty(table, node):

@@ -11,6 +11,7 @@ import pytest_twisted
 from twisted.internet import protocol, reactor
 
 import mbt.peer.download as download_mod
+import mbt.peer.swarm as swarm_mod
 from mbt.manifest import PIECE_SIZE
 from mbt.peer.storage import bitfield_hex
 from tests.cluster import Cluster, make_file, sha256_file, wait_download, wait_for
@@ -115,13 +116,13 @@ def test_corrupt_seeder_is_banned_and_good_peers_finish(cluster, tmp_path):
     assert (yield wait_download(dan, "g", "f.bin", timeout=40)) == "C"
     assert sha256_file(tmp_path / "dl" / "f.bin") == sha
     dl = dan.downloads[("g", "f.bin")]
-    assert bad.address in dl.banned_addresses
-    assert good.address not in dl.banned_addresses
+    assert bad.address in dl.swarm.banned_addresses
+    assert good.address not in dl.swarm.banned_addresses
 
 
 @pytest_twisted.inlineCallbacks
 def test_only_corrupt_seeders_fail_cleanly_with_no_file(cluster, tmp_path, monkeypatch):
-    monkeypatch.setattr(download_mod, "ALL_BANNED_LIMIT", 1.0)
+    monkeypatch.setattr(swarm_mod, "ALL_BANNED_LIMIT", 1.0)
     seeds, dan, sha = yield swarm(cluster, tmp_path, 3 * PIECE_SIZE)
     corrupt(tmp_path / "f.bin", PIECE_SIZE + 5)
     yield dan.download_file("g", "f.bin", "dl")
@@ -161,7 +162,7 @@ def test_stalled_peer_times_out_and_blocks_are_fetched_elsewhere(cluster, tmp_pa
         yield mallory.upload_file("f.bin", "g")
         yield dan.download_file("g", "f.bin", "dl")
         dl = dan.downloads[("g", "f.bin")]
-        yield wait_for(lambda: len(dl.conns) >= 2 or dl.status != "D", 10, what="two peers")
+        yield wait_for(lambda: len(dl.swarm.conns) >= 2 or dl.status != "D", 10, what="two peers")
         assert (yield wait_download(dan, "g", "f.bin", timeout=40)) == "C"
         assert sha256_file(tmp_path / "dl" / "f.bin") == sha
     finally:

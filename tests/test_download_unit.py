@@ -2,7 +2,6 @@
 
 from twisted.internet import defer, task
 
-import mbt.peer.download as download_mod
 from mbt.manifest import hash_file
 from mbt.peer.download import Download
 from mbt.peer.shares import DownloadRecord
@@ -25,21 +24,34 @@ class FakeNode:
         self.registered.append(servable)
 
 
-def test_pausing_during_the_resume_check_keeps_the_saved_progress(tmp_path, monkeypatch):
+class HeldThreads:
+    """A thread pool stand-in: work is recorded and finishes only when the test says so."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, f, *args, **kwargs):
+        d = defer.Deferred()
+        self.calls.append((f, args, d))
+        return d
+
+
+def test_pausing_during_the_resume_check_keeps_the_saved_progress(tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(bytes(range(256)) * 8192)            # 2 MiB: 4 pieces
     manifest = hash_file(str(src))
-    pending = defer.Deferred()                            # the re-hash never finishes here
-    monkeypatch.setattr(download_mod.threads, "deferToThread", lambda f, *a, **k: pending)
+    threads = HeldThreads()                               # the re-hash never finishes here
     record = DownloadRecord(group="g", name="src.bin", dest=str(tmp_path / "out.bin"),
                             manifest=manifest.to_dict(), have=[0, 1, 2])
-    dl = Download(FakeNode(), record, task.Clock())
+    dl = Download(FakeNode(), record, task.Clock(), threads)
     dl.start()
     assert dl.running and dl.picker is None               # still re-checking the .part file
+    assert len(threads.calls) == 1                        # ...in the injected thread pool
     dl.pause()                                            # logout or quit right now
     assert record.have == [0, 1, 2]                       # progress not wiped
     dl.start()                                            # a second start while the first waits
     assert dl._starting is not None                       # ...reuses it instead of racing
+    assert len(threads.calls) == 1
 
 
 class RecordingTracker:
@@ -63,9 +75,9 @@ def test_a_tracker_error_leaves_the_download_line_once_logged_back_in(tmp_path):
     node.tracker = RecordingTracker()
     record = DownloadRecord(group="g", name="src.bin", dest=str(tmp_path / "out.bin"),
                             manifest=manifest.to_dict(), have=[])
-    dl = Download(node, record, task.Clock())
+    dl = Download(node, record, task.Clock(), HeldThreads())
     dl.running = True                    # as if started; no peers, no network
-    dl.refresh_peers()
+    dl.swarm.refresh_peers()
     node.tracker.requests[-1][1].errback(TrackerUnavailable("connection to the tracker was lost"))
     assert dl.note == "tracker: connection to the tracker was lost"
     dl.tracker_back()                    # what the node does after "logged back in"

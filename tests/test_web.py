@@ -297,7 +297,7 @@ def test_piece_map_and_sources_of_a_running_download(tmp_path):
     manifest = hash_file(str(src))
     record = DownloadRecord(group="g", name="src.bin", dest=str(tmp_path / "out.bin"),
                             manifest=manifest.to_dict(), have=[3])
-    dl = Download(object(), record, task.Clock())
+    dl = Download(object(), record, task.Clock(), run_in_thread=None)
     assert dl.piece_map() == "...v"                        # saved progress before the resume check
     dl.have = {0, 3}
     dl.picker = PiecePicker(manifest.size, have={0, 3}, random_first=0)

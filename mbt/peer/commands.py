@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mbt.errors import MbtError, UsageError
+from mbt.peer.download import DownloadProgress
 from mbt.peer.ratelimit import parse_rate
 
 log = Logger(namespace="mbt.commands")
@@ -61,6 +62,29 @@ def _size(n: int) -> str:
 
 def _plural(n: int, word: str) -> str:
     return "%d %s%s" % (n, word, "" if n == 1 else "s")
+
+
+def _rate(bps: float) -> str:
+    for unit, scale in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
+        if bps >= scale:
+            return "%.1f %s" % (bps / scale, unit)
+    return "%d B/s" % bps
+
+
+def download_line(p: DownloadProgress) -> str:
+    """One ``show_downloads`` line: ``[D] [group] name  42% 3.1 MB/s 2 peers``."""
+    head = "[%s] [%s] %s" % (p.status, p.group, p.name)
+    if p.status == "C":
+        return "%s  %s" % (head, p.dest)
+    if p.status == "F":
+        return "%s  %s" % (head, p.reason)
+    if not p.running:
+        # Not live: no rate, no peers (they would be stale figures).
+        return "%s  %d%% paused until the next login" % (head, int(p.percent))
+    line = "%s  %d%% %s %s" % (head, int(p.percent), _rate(p.rate), _plural(p.peers, "peer"))
+    if p.note:
+        line += "  (%s)" % p.note
+    return line
 
 
 def _looks_like_path(word: str) -> bool:
@@ -303,7 +327,10 @@ class CommandTable:
             lambda r: "downloading %s into %s" % (r["name"], r["dest"]))
 
     def cmd_show_downloads(self):
-        lines = self.node.show_downloads()
+        lines = [download_line(p) for p in self.node.show_downloads()]
+        if self.node.user is None and lines:
+            # Logged out, nothing runs: unfinished downloads show as paused.
+            lines.insert(0, "(logged out: nothing is downloading; unfinished downloads resume at the next login)")
         return "\n".join(lines) if lines else "(no downloads)"
 
     def cmd_clear_downloads(self):

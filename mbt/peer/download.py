@@ -1,13 +1,13 @@
-"""One download: peers, pipelined requests, verification, resume, completion.
+"""One download, the transfer: picker, pipelined requests, verification, completion.
 
-A :class:`Download` asks the tracker who shares the file, connects to several
-of those peers at once, and lets the :class:`~mbt.peer.picker.PiecePicker`
+A :class:`Download` lets its :class:`~mbt.peer.swarm.Swarm` find and connect
+the peers that share the file, and the :class:`~mbt.peer.picker.PiecePicker`
 decide which block to ask of which peer. Blocks are assembled in a per-piece
 buffer (memory bounded by the pieces in flight, never by the file size); a
 complete piece is hashed and written to ``DEST.part`` in a worker thread. Each
 verified piece is at once servable to other members (see
-:class:`~mbt.peer.serving.Servable`). When every piece is in, the file is
-renamed to the destination, never over an existing file: for a rooted manifest
+:class:`~mbt.peer.serving.Servable`). When every piece is in, the whole file is
+linked to the destination, never over an existing file: for a rooted manifest
 (``file_hash`` = root of the piece hashes) the verified pieces prove the whole
 file; an old-style manifest's whole-file SHA-256 is computed alongside the
 download and checked first (and ``set verify_on_disk on`` reads every byte
@@ -16,121 +16,71 @@ back from disk and checks it again).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
-import threading
-import time
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Set
 
-from twisted.internet import defer, protocol, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 
-from mbt.errors import MbtError
 from mbt.manifest import Manifest
-from mbt.peer.picker import BlockRequest, PiecePicker
+from mbt.peer.picker import BLOCK_SIZE, BlockRequest, PiecePicker
 from mbt.peer.ratelimit import RateMeter
 from mbt.peer.serving import Servable
 from mbt.peer.shares import DownloadRecord
-from mbt.peer.storage import PieceFile, UnsafePartFile
-from mbt.protocols.peer import PROTOCOL_VERSION, PeerClientProtocol
-from mbt.tls import client_endpoint
-from mbt.trackerinfo import parse_address
+from mbt.peer.storage import PieceFile, UnsafePartFile, WholeFileHash
+from mbt.peer.swarm import Swarm
+from mbt.protocols.peer import PeerClientProtocol
 
 log = Logger(namespace="mbt.peer.download")
 
-#: Request size and blocks outstanding per peer (pipelining).
-#: 128 KiB: 512 KiB blocks measured no faster and make endgame coarser.
-BLOCK_SIZE = 128 * 1024
+#: Blocks outstanding per peer (pipelining); blocks are picker.BLOCK_SIZE long.
 PIPELINE_DEPTH = 16
 #: Requests are topped up once this few remain outstanding at a peer.
 REFILL_AT = 8
-#: Peers one download connects to at once.
-MAX_PEERS = 8
-#: How often the tracker is asked again for peers (seconds), and when starved.
-REFRESH_INTERVAL = 15.0
-STARVED_REFRESH_INTERVAL = 2.0
-#: While below MAX_PEERS connections: new partial seeders (other downloaders of
-#: the same file) appear every moment in a young swarm, and each one found early
-#: takes load off the original seeder.
-GROWING_REFRESH_INTERVAL = 3.0
 #: A download with no usable peer for this long fails (it can be started again).
 NO_PEER_LIMIT = 600.0
-#: A download whose every known peer is banned fails after this long.
-ALL_BANNED_LIMIT = 60.0
 #: A block not delivered within this many seconds is asked of another peer.
 REQUEST_TIMEOUT = 15.0
-#: A ticket is renewed when it has less than this many seconds left.
-TICKET_REFRESH = 120.0
 #: Progress is saved at most this often (seconds).
 SAVE_INTERVAL = 2.0
-
-
 #: Pieces hashed/written in worker threads at once; beyond this the download stops
 #: asking for more, so memory stays bounded when the disk or CPU lags.
 MAX_VERIFY_BACKLOG = 24
 
 
-class WholeFileHash:
-    """SHA-256 of the whole file, computed while the download runs.
+@dataclass(frozen=True)
+class DownloadProgress:
+    """What ``show_downloads`` shows of one download (formatted in :mod:`mbt.peer.commands`)."""
 
-    Pieces arrive in any order; the hash must see them in file order. Worker
-    threads call :meth:`piece_written` after each verified write, which feeds
-    every piece from the cursor on that is already on disk (the piece just
-    written straight from memory, others read back from the page cache). The
-    hash thus trails the download on the spare core instead of re-reading the
-    whole file after the last piece; :meth:`finish` hashes whatever is left.
-    """
-
-    def __init__(self, piece_file: PieceFile, pieces: int) -> None:
-        self.piece_file = piece_file
-        self.written = bytearray(pieces)      # 1 = verified and on disk
-        self.cursor = 0
-        self.sha = hashlib.sha256()
-        self.lock = threading.Lock()
-
-    def piece_written(self, index: int, data=None) -> None:
-        """Thread: piece ``index`` is on disk; advance the hash if nobody else is."""
-        self.written[index] = 1
-        if self.lock.acquire(blocking=False):
-            try:
-                self._advance(index, data)
-            finally:
-                self.lock.release()
-
-    def _advance(self, index: int = -1, data=None) -> None:
-        m = self.piece_file.manifest
-        while self.cursor < len(self.written) and self.written[self.cursor]:
-            if self.cursor == index and data is not None:
-                self.sha.update(data)
-            else:
-                self.sha.update(self.piece_file.read(self.cursor, 0, m.piece_length(self.cursor)))
-            self.cursor += 1
-
-    def finish(self) -> str:
-        """Thread: hash the rest (every piece must be on disk); return the hex digest."""
-        with self.lock:
-            self._advance()
-            if self.cursor != len(self.written):
-                raise IOError("piece %d is not on disk" % self.cursor)
-            return self.sha.hexdigest()
-
-
-class _ClientFactory(protocol.Factory):
-    def __init__(self, build: Callable[[], PeerClientProtocol]) -> None:
-        self.build = build
-
-    def buildProtocol(self, addr):
-        return self.build()
+    status: str         # "D" running or paused, "C" complete, "F" failed
+    group: str
+    name: str
+    dest: str           # where the file goes
+    reason: str         # why it failed
+    percent: float      # verified share of the file, 0-100
+    rate: float         # bytes/s over the last few seconds
+    peers: int          # usable connections
+    running: bool       # False: paused until login
+    note: str           # what it is waiting for, if anything
 
 
 class Download:
-    """One file being downloaded into ``record.dest``."""
+    """One file being downloaded into ``record.dest``: the transfer.
 
-    def __init__(self, node, record: DownloadRecord, reactor, rng: Optional[random.Random] = None) -> None:
+    Owns the picker, the piece buffers, verification and completion; its
+    :class:`~mbt.peer.swarm.Swarm` finds and connects the peers. ``run_in_thread``
+    runs blocking work (hashing, writing) off the reactor thread and returns a
+    Deferred -- the node passes its thread pool; tests pass a stand-in.
+    """
+
+    def __init__(self, node, record: DownloadRecord, reactor, run_in_thread: Callable[..., defer.Deferred],
+                 rng: Optional[random.Random] = None) -> None:
         self.node = node
         self.record = record
         self.reactor = reactor
+        self.run_in_thread = run_in_thread
         self.rng = rng or random.Random()
         self.manifest = Manifest.from_dict(record.manifest)
         self.status = record.status
@@ -143,10 +93,7 @@ class Download:
         self.picker: Optional[PiecePicker] = None
         self.piece_file: Optional[PieceFile] = None
         self.servable: Optional[Servable] = None
-        self.conns: Dict[str, PeerClientProtocol] = {}
-        self.connecting: Set[str] = set()
-        self.banned_addresses: Set[str] = set()
-        self.known_peers: Dict[str, str] = {}    # address -> user
+        self.swarm = Swarm(node, self, reactor, self.rng)
         self.buffers: Dict[int, bytearray] = {}
         self._spare: list = []      # verified pieces' buffers, reused (no zeroing, no page faults)
         self.inplace: Dict[tuple, PeerClientProtocol] = {}   # (index, offset) -> writer
@@ -154,17 +101,11 @@ class Download:
         self.running = False
         self.started_at = None
         self.last_peer_time = None
-        self.all_banned_since = None
         self.note = ""
         self._ticker = None
-        self._last_refresh = -1e9
-        self._refreshing = False
-        self._last_save = 0.0
+        self._last_save = -1e9
         self._dirty = False
         self.meter = RateMeter(reactor)
-        self.registered = False
-        self.ticket: Optional[str] = None
-        self._renewing = False
         self._starting: Optional[defer.Deferred] = None
         self.no_share = False       # the user ran stop_share: never serve or announce it
         self.sources: Dict[int, str] = {}   # piece -> address of the peer that completed it
@@ -175,6 +116,11 @@ class Download:
     def key(self):
         return self.record.key
 
+    @property
+    def announced(self) -> bool:
+        """Has the tracker been told we share (part of) this file?"""
+        return self.swarm.announced
+
     def now(self) -> float:
         return self.reactor.seconds()
 
@@ -184,22 +130,12 @@ class Download:
             return 100.0 if self.status == "C" else 0.0
         return 100.0 * self.verified_bytes / self.manifest.size
 
-    def status_line(self) -> str:
-        """One ``show_downloads`` line."""
-        head = "[%s] [%s] %s" % (self.status, self.record.group, self.record.name)
-        if self.status == "C":
-            return "%s  %s" % (head, self.record.dest)
-        if self.status == "F":
-            return "%s  %s" % (head, self.reason)
-        if not self.running:
-            # Not live: no rate, no peers (they would be stale figures).
-            return "%s  %d%% paused until the next login" % (head, int(self.percent()))
-        peers = sum(1 for c in self.conns.values() if c.ready)
-        line = "%s  %d%% %s %d peer%s" % (head, int(self.percent()), _rate(self.meter.rate()), peers,
-                                         "" if peers == 1 else "s")
-        if self.note:
-            line += "  (%s)" % self.note
-        return line
+    def progress(self) -> DownloadProgress:
+        """A snapshot for ``show_downloads``."""
+        peers = sum(1 for c in self.swarm.conns.values() if c.ready)
+        return DownloadProgress(self.status, self.record.group, self.record.name, self.record.dest,
+                                self.reason, self.percent(), self.meter.rate(), peers, self.running,
+                                self.note)
 
     def piece_map(self) -> str:
         """One character per piece: ``v`` verified, ``f`` in flight (requested or
@@ -267,7 +203,7 @@ class Download:
                 # An old-style manifest: its file_hash is the whole file's SHA-256.
                 self.file_hash = WholeFileHash(self.piece_file, self.manifest.pieces)
             if self.record.have:
-                good = yield threads.deferToThread(self.piece_file.verify_existing, list(self.record.have))
+                good = yield self.run_in_thread(self.piece_file.verify_existing, list(self.record.have))
                 self.have.update(good)
                 self.verified_bytes = sum(self.manifest.piece_length(i) for i in good)
                 if self.file_hash is not None:
@@ -285,11 +221,18 @@ class Download:
         if not self.no_share:
             self.node.register_servable(self.servable)
             if self.have:
-                self._register_with_tracker()
+                self.swarm.announce()
         if self.picker.done:
             self._finish().addErrback(self._finish_failed)
             return
         self._ticker = self.reactor.callLater(0, self._tick)
+
+    def tracker_back(self) -> None:
+        """Logged back in (maybe on another tracker): drop a tracker error, ask for peers again."""
+        if self.note.startswith("tracker: "):
+            self.note = ""
+        if self.running:
+            self.swarm.refresh_peers()
 
     def pause(self) -> None:
         """Stop fetching (logout, quit); progress is kept for the next start."""
@@ -299,13 +242,15 @@ class Download:
         self._stop_activity()
         self._save(force=True)
 
+    def announce(self) -> None:
+        """Tell the tracker we share (part of) this file."""
+        self.swarm.announce()
+
     def _stop_activity(self) -> None:
         if self._ticker is not None and self._ticker.active():
             self._ticker.cancel()
         self._ticker = None
-        for conn in list(self.conns.values()):
-            if conn.transport is not None:
-                conn.transport.loseConnection()
+        self.swarm.disconnect_all()
 
     def fail(self, reason: str) -> None:
         """End as failed: nothing at the destination, the ``.part`` file removed."""
@@ -340,7 +285,7 @@ class Download:
             except OSError:
                 pass
 
-    # -- peers ---------------------------------------------------------------
+    # -- the periodic step ---------------------------------------------------
 
     def _tick(self) -> None:
         self._ticker = None
@@ -350,7 +295,7 @@ class Download:
         for peer, req in self.picker.expire(now):
             if peer.connected:
                 peer.cancel(req.index, req.offset, req.length)
-        ready = [c for c in self.conns.values() if c.ready and not self.picker.is_banned(c)]
+        ready = [c for c in self.swarm.conns.values() if c.ready and not self.picker.is_banned(c)]
         if ready:
             self.last_peer_time = now
             self.note = ""
@@ -361,141 +306,13 @@ class Download:
             waited = now - self.last_peer_time
             if waited > 5:
                 self.note = "no peer sharing it right now; waiting %ds" % waited
-        self._renew_ticket()
-        if len(ready) < 2:
-            interval = STARVED_REFRESH_INTERVAL
-        elif len(self.conns) < MAX_PEERS:
-            interval = GROWING_REFRESH_INTERVAL
-        else:
-            interval = REFRESH_INTERVAL
-        if now - self._last_refresh >= interval:
-            self.refresh_peers()
-        self._check_all_banned(now)
+        self.swarm.tick(now, len(ready))
         if self.status != "D":
             return
         for conn in ready:
             self._fill(conn)
         self._save()
         self._ticker = self.reactor.callLater(1.0, self._tick)
-
-    def _renew_ticket(self) -> None:
-        """Before our ticket runs out, get a fresh one and show it to every server."""
-        if (self._renewing or self.ticket is None
-                or self.node.ticket_expires(self.ticket) - self.now() > TICKET_REFRESH):
-            return
-        old = self.ticket
-        self._renewing = True
-
-        def got(ticket):
-            if ticket != old:
-                self.ticket = ticket
-                # Every connection past its HELLO (lines arrive in order, so one still
-                # waiting for its BITFIELD gets it right after the HELLO it sent).
-                for conn in self.conns.values():
-                    if conn.connected:
-                        conn.sendLine(b"TICKET " + ticket.encode("ascii"))
-
-        def failed(f):
-            f.trap(MbtError)
-            self.note = "tracker: %s" % f.value.message
-
-        def done(_):
-            self._renewing = False
-        self.node.get_ticket(self.record.group, self.manifest.file_hash).addCallbacks(got, failed).addBoth(done)
-
-    def _check_all_banned(self, now: float) -> None:
-        if self.known_peers and all(a in self.banned_addresses for a in self.known_peers):
-            if self.all_banned_since is None:
-                self.all_banned_since = now
-            self.note = ("every peer sharing it sent corrupt data; waiting %ds for another"
-                         % (now - self.all_banned_since))
-            if now - self.all_banned_since >= ALL_BANNED_LIMIT:
-                self.fail("every peer sharing it sent corrupt data (%d banned)" % len(self.banned_addresses))
-        else:
-            self.all_banned_since = None
-
-    def tracker_back(self) -> None:
-        """Logged back in (maybe on another tracker): drop a tracker error, ask for peers again."""
-        if self.note.startswith("tracker: "):
-            self.note = ""
-        if self.running:
-            self.refresh_peers()
-
-    def refresh_peers(self) -> None:
-        """Ask the tracker who shares the file now and connect to new peers."""
-        if self._refreshing or not self.running:
-            return
-        self._refreshing = True
-        self._last_refresh = self.now()
-        d = self.node.tracker.request("get_peers", group=self.record.group, name=self.record.name)
-
-        @defer.inlineCallbacks
-        def got(result):
-            if self.note.startswith("tracker: "):
-                self.note = ""          # the tracker answers again
-            manifest = result.get("manifest") or {}
-            if manifest.get("file_hash") != self.manifest.file_hash:
-                self.note = "the file was replaced in the group; waiting"
-                return
-            peers = result.get("peers") or []
-            self.known_peers = {}
-            for p in peers:
-                addr = p.get("address")
-                if isinstance(addr, str) and addr != self.node.address:
-                    self.known_peers[addr] = str(p.get("user", "?"))
-            if self.known_peers:
-                # The tracker's word that we are a member, shown to every peer in HELLO.
-                self.ticket = yield self.node.get_ticket(self.record.group, self.manifest.file_hash)
-                self._connect_more()
-
-        def failed(f):
-            f.trap(MbtError)
-            self.note = "tracker: %s" % f.value.message
-            if f.value.code in ("no_such_file", "not_member", "no_such_group"):
-                self.fail(f.value.message)
-
-        def done(_):
-            self._refreshing = False
-        # got's own failures (e.g. get_ticket refused) are reported like get_peers'.
-        d.addCallback(got).addErrback(failed).addBoth(done)
-
-    def _connect_more(self) -> None:
-        candidates = [a for a in self.known_peers
-                      if a not in self.conns and a not in self.connecting and a not in self.banned_addresses]
-        self.rng.shuffle(candidates)
-        room = MAX_PEERS - len(self.conns) - len(self.connecting)
-        for address in candidates[:max(0, room)]:
-            self._connect(address)
-
-    def _connect(self, address: str) -> None:
-        try:
-            host, port = parse_address(address)
-        except ValueError:
-            return
-        self.connecting.add(address)
-        hello = ("HELLO %s %s %s %s" % (PROTOCOL_VERSION, self.record.group, self.manifest.file_hash,
-                                        self.node.user or "-")).encode("ascii")
-        if self.ticket:
-            hello += b" " + self.ticket.encode("ascii")
-
-        def build():
-            p = PeerClientProtocol(self, hello, self.reactor)
-            p.address = address
-            return p
-        ep = client_endpoint(self.reactor, host, port, self.node.tls, timeout=5)
-        d = ep.connect(_ClientFactory(build))
-
-        def connected(p):
-            self.connecting.discard(address)
-            if not self.running:
-                p.transport.loseConnection()
-                return
-            self.conns[address] = p
-
-        def failed(f):
-            self.connecting.discard(address)
-            log.info("cannot connect to peer {a}: {why}", a=address, why=f.getErrorMessage())
-        d.addCallbacks(connected, failed)
 
     # -- called by PeerClientProtocol ---------------------------------------
 
@@ -528,12 +345,11 @@ class Download:
     def peer_lost(self, conn: PeerClientProtocol) -> None:
         for key in [k for k, w in self.inplace.items() if w is conn]:
             del self.inplace[key]
-        if self.conns.get(conn.address) is conn:
-            del self.conns[conn.address]
+        self.swarm.lost(conn)
         if self.picker is not None:
             self.picker.remove_peer(conn)
             if self.running:
-                for other in list(self.conns.values()):
+                for other in self.swarm.connections():
                     if other.ready:
                         self._fill(other)
 
@@ -606,7 +422,7 @@ class Download:
             if ok and file_hash is not None:
                 file_hash.piece_written(index, buf)
             return ok
-        d = threads.deferToThread(verify_write_hash)
+        d = self.run_in_thread(verify_write_hash)
 
         def checked(ok):
             self.verifying.discard(index)
@@ -619,40 +435,25 @@ class Download:
                 self.verified_bytes += self.manifest.piece_length(index)
                 self.servable.add_piece(index)      # HAVE to our own downloaders at once
                 self._dirty = True
-                if not self.registered and not self.no_share:
-                    self._register_with_tracker()
+                if not self.swarm.announced and not self.no_share:
+                    self.swarm.announce()
                 if self.picker.done and not self.verifying:
                     self._finish().addErrback(self._finish_failed)
                 elif len(self.verifying) == MAX_VERIFY_BACKLOG - 1:
-                    for conn in list(self.conns.values()):     # backlog drained: resume
+                    for conn in self.swarm.connections():     # backlog drained: resume
                         self._fill(conn)
             else:
                 banned = self.picker.piece_failed(index)
                 log.warn("piece {i} of {name} failed its hash check", i=index, name=self.record.name)
                 for peer in banned:
-                    self.banned_addresses.add(peer.address)
-                    log.warn("banned peer {a} for sending corrupt data", a=peer.address)
-                    if peer.transport is not None:
-                        peer.transport.loseConnection()
-                for conn in list(self.conns.values()):
+                    self.swarm.ban(peer)
+                for conn in self.swarm.connections():
                     self._fill(conn)
 
         def broken(f):
             self.verifying.discard(index)
             self.fail("cannot write %s: %s" % (self.record.part_path, f.getErrorMessage()))
         d.addCallbacks(checked, broken)
-
-    def _register_with_tracker(self) -> None:
-        """Announce this peer as a (partial) seeder as soon as it has a piece."""
-        self.registered = True
-        d = self.node.tracker.request("share_file", group=self.record.group,
-                                      manifest=self.manifest.to_dict())
-
-        def failed(f):
-            self.registered = False
-            log.info("could not announce partial share of {name}: {why}", name=self.record.name,
-                     why=f.getErrorMessage())
-        d.addErrback(failed)
 
     def _finish_failed(self, f) -> None:
         log.failure("finishing the download of {name} failed", f, name=self.record.name)
@@ -672,9 +473,9 @@ class Download:
             self.note = "checking the whole file"
             try:
                 if self.file_hash is not None:
-                    ok = (yield threads.deferToThread(self.file_hash.finish)) == self.manifest.file_hash
+                    ok = (yield self.run_in_thread(self.file_hash.finish)) == self.manifest.file_hash
                 else:
-                    ok = (yield threads.deferToThread(self.piece_file.file_hash)) == self.manifest.file_hash
+                    ok = (yield self.run_in_thread(self.piece_file.file_hash)) == self.manifest.file_hash
             except (IOError, OSError) as e:
                 self.fail("cannot read back %s: %s" % (self.record.part_path, e))
                 return
@@ -717,7 +518,7 @@ class Download:
     def _save(self, force: bool = False) -> None:
         if not (self._dirty or force):
             return
-        now = time.monotonic()
+        now = self.now()
         if not force and now - self._last_save < SAVE_INTERVAL:
             return
         self._last_save = now
@@ -725,10 +526,3 @@ class Download:
         if self.picker is not None:     # not while the resume check is still re-hashing
             self.record.have = sorted(self.have)
         self.node.store.save_downloads()
-
-
-def _rate(bps: float) -> str:
-    for unit, scale in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
-        if bps >= scale:
-            return "%.1f %s" % (bps / scale, unit)
-    return "%d B/s" % bps

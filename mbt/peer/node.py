@@ -20,13 +20,14 @@ from twisted.logger import Logger
 
 from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, check_file_name, check_id
 from mbt.manifest import Manifest, hash_file
-from mbt.peer.download import TICKET_REFRESH, Download
+from mbt.peer.download import Download, DownloadProgress
 from mbt.peer.ratelimit import TokenBucket
 from mbt.tickets import verify_ticket
 from mbt.tls import TLSConfig, server_endpoint
 from mbt.peer.serving import Servable
 from mbt.peer.shares import DownloadRecord, Share, ShareStore
 from mbt.peer.storage import PieceFile
+from mbt.peer.swarm import TICKET_REFRESH
 from mbt.peer.tracker_client import TrackerClient
 from mbt.protocols.peer import PeerServerFactory
 
@@ -45,11 +46,13 @@ class PeerNode:
 
     def __init__(self, address: str, trackers, state_dir: str, reactor,
                  rng: Optional[random.Random] = None, cwd: Optional[str] = None,
-                 upload_rate: Optional[float] = None, tls: Optional[TLSConfig] = None) -> None:
+                 upload_rate: Optional[float] = None, tls: Optional[TLSConfig] = None,
+                 threadpool=None) -> None:
         self.address = address
         self.trackers = trackers
         self.state_dir = state_dir
         self.reactor = reactor
+        self.threadpool = threadpool    # None: the reactor's, taken when first needed
         self.rng = rng or random.Random()
         self.cwd = cwd or os.getcwd()
         self.tls = tls
@@ -74,7 +77,13 @@ class PeerNode:
         self.server_factory = PeerServerFactory(self, reactor, limiter=self.upload_limiter)
         self.port = None
         for record in self.store.downloads.values():
-            self.downloads[record.key] = Download(self, record, reactor, self.rng)
+            self.downloads[record.key] = Download(self, record, reactor, self.run_in_thread, self.rng)
+
+    def run_in_thread(self, f: Callable, *args, **kwargs) -> defer.Deferred:
+        """Run blocking work (hashing, disk writes) in the thread pool, never on the reactor."""
+        if self.threadpool is None:
+            self.threadpool = self.reactor.getThreadPool()
+        return threads.deferToThreadPool(self.reactor, self.threadpool, f, *args, **kwargs)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -290,8 +299,8 @@ class PeerNode:
             return "%s changed on disk; upload_file it again to share the new content" % share.path
         try:
             # In the scheme of the announced manifest (an old share: whole-file SHA-256).
-            fresh = yield threads.deferToThread(hash_file, share.path, share.name,
-                                                whole_file=not share.get_manifest().rooted)
+            fresh = yield self.run_in_thread(hash_file, share.path, share.name,
+                                             whole_file=not share.get_manifest().rooted)
         except (OSError, MbtError) as e:
             return "cannot read %s (%s)" % (share.path, e)
         if fresh.file_hash != share.manifest["file_hash"]:
@@ -544,7 +553,7 @@ class PeerNode:
         st = os.stat(full)
         progress = _Progress(self, name, st.st_size)
         try:
-            manifest = yield threads.deferToThread(
+            manifest = yield self.run_in_thread(
                 hash_file, full, name, lambda done, total: self.reactor.callFromThread(progress, done, total))
         except OSError as e:
             raise InvalidArgument("cannot read %s: %s" % (full, e.strerror or e))
@@ -640,7 +649,7 @@ class PeerNode:
         old = self.downloads.get((group, name))
         if old is not None:
             old.pause()
-        dl = self.downloads[(group, name)] = Download(self, record, self.reactor, self.rng)
+        dl = self.downloads[(group, name)] = Download(self, record, self.reactor, self.run_in_thread, self.rng)
         dl.start()
         return {"name": name, "dest": dest}
 
@@ -651,16 +660,10 @@ class PeerNode:
         """The logged-in user's downloads, oldest first (every one when logged out)."""
         return [dl for dl in self.downloads.values() if self._mine(dl.record.user)]
 
-    def show_downloads(self) -> List[str]:
-        """One status line per download of the logged-in user, oldest first.
-
-        Logged out, nothing runs: a first line says so, and unfinished
-        downloads show as paused (no rate, no peers).
-        """
-        lines = [dl.status_line() for dl in self.my_downloads()]
-        if self.user is None and lines:
-            lines.insert(0, "(logged out: nothing is downloading; unfinished downloads resume at the next login)")
-        return lines
+    def show_downloads(self) -> List[DownloadProgress]:
+        """The progress of each download of the logged-in user (all of them when
+        logged out), oldest first."""
+        return [dl.progress() for dl in self.my_downloads()]
 
     def clear_downloads(self) -> int:
         """Forget the finished ([C] and [F]) downloads of this user; return how many.
@@ -692,12 +695,12 @@ class PeerNode:
                 dl.servable.piece_file = dl.piece_file
             else:
                 self._serve_share(share)
-            if not dl.registered and self.user is not None:
-                dl._register_with_tracker()
+            if not dl.announced and self.user is not None:
+                dl.announce()
             self.notify("download of %s from %s complete: %s" % (dl.record.name, dl.record.group, dl.record.dest))
         else:
             self.notify("download of %s from %s failed: %s" % (dl.record.name, dl.record.group, dl.reason))
-            if dl.registered and self.user is not None and dl.key not in self.store.shares:
+            if dl.announced and self.user is not None and dl.key not in self.store.shares:
                 self.tracker.request("stop_share", group=dl.record.group,
                                      name=dl.record.name).addErrback(lambda f: None)
         self.store.save_downloads()

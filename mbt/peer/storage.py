@@ -3,7 +3,8 @@
 Everything here is blocking file I/O on small, bounded buffers (at most one
 piece). Reads of one block from the page cache take microseconds and run on the
 reactor thread; hashing plus writing a whole piece runs in a worker thread
-(``deferToThread``), where hashlib and ``os.pwrite`` release the GIL.
+(the node's thread pool), where hashlib and ``os.pwrite`` release the GIL.
+:class:`WholeFileHash` hashes a download's whole file as its pieces land.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
 from typing import Iterable, List, Optional, Set
 
 from mbt.manifest import Manifest, pieces_root
@@ -228,3 +230,48 @@ class PieceFile:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class WholeFileHash:
+    """SHA-256 of the whole file, computed while the download runs.
+
+    Pieces arrive in any order; the hash must see them in file order. Worker
+    threads call :meth:`piece_written` after each verified write, which feeds
+    every piece from the cursor on that is already on disk (the piece just
+    written straight from memory, others read back from the page cache). The
+    hash thus trails the download on the spare core instead of re-reading the
+    whole file after the last piece; :meth:`finish` hashes whatever is left.
+    """
+
+    def __init__(self, piece_file: PieceFile, pieces: int) -> None:
+        self.piece_file = piece_file
+        self.written = bytearray(pieces)      # 1 = verified and on disk
+        self.cursor = 0
+        self.sha = hashlib.sha256()
+        self.lock = threading.Lock()
+
+    def piece_written(self, index: int, data=None) -> None:
+        """Thread: piece ``index`` is on disk; advance the hash if nobody else is."""
+        self.written[index] = 1
+        if self.lock.acquire(blocking=False):
+            try:
+                self._advance(index, data)
+            finally:
+                self.lock.release()
+
+    def _advance(self, index: int = -1, data=None) -> None:
+        m = self.piece_file.manifest
+        while self.cursor < len(self.written) and self.written[self.cursor]:
+            if self.cursor == index and data is not None:
+                self.sha.update(data)
+            else:
+                self.sha.update(self.piece_file.read(self.cursor, 0, m.piece_length(self.cursor)))
+            self.cursor += 1
+
+    def finish(self) -> str:
+        """Thread: hash the rest (every piece must be on disk); return the hex digest."""
+        with self.lock:
+            self._advance()
+            if self.cursor != len(self.written):
+                raise IOError("piece %d is not on disk" % self.cursor)
+            return self.sha.hexdigest()

@@ -76,6 +76,14 @@ def _ints(parts, n):
     return out
 
 
+def hello_line(group: str, file_hash: str, user: Optional[str], ticket: Optional[str]) -> bytes:
+    """The downloader's first line: ``HELLO mbt/1 <group> <file_hash> <user> [<ticket>]``."""
+    line = "HELLO %s %s %s %s" % (PROTOCOL_VERSION, group, file_hash, user or "-")
+    if ticket:
+        line += " " + ticket
+    return line.encode("ascii")
+
+
 def _tune(transport) -> None:
     if hasattr(transport, "bufferSize"):
         transport.bufferSize = TRANSPORT_BUFFER
@@ -659,3 +667,7 @@ class PeerClientProtocol(LineReceiver):
         """Withdraw a request (endgame duplicate or timeout)."""
         if self.connected:
             self.sendLine(b"CANCEL %d %d %d" % (index, offset, length))
+
+    def send_ticket(self, ticket: str) -> None:
+        """Show the server a renewed ticket: ``TICKET <ticket>``."""
+        self.sendLine(b"TICKET " + ticket.encode("ascii"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+from mbt.peer.commands import download_line
+
 #: Characters naming the peer a verified piece came from (index into ``sources``);
 #: ``-`` for pieces with no known peer (verified from disk at resume).
 _SOURCE_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -66,7 +68,8 @@ def download_view(dl, with_map: bool = True) -> dict:
     rate = dl.meter.rate() if dl.status == "D" and dl.running else 0.0
     left = max(0, size - dl.verified_bytes) if dl.status == "D" else 0
     eta = (left / rate) if rate > 0 and left else None
-    peers = sum(1 for c in dl.conns.values() if c.ready) if dl.status == "D" else 0
+    progress = dl.progress()
+    peers = progress.peers if dl.status == "D" else 0
     if dl.status == "D" and not dl.running:
         note = "paused until login"
     else:
@@ -78,7 +81,7 @@ def download_view(dl, with_map: bool = True) -> dict:
         "reason": dl.reason if dl.status == "F" else "", "note": note,
         "percent": round(percent, 1), "rate": round(rate), "eta": None if eta is None else round(eta),
         "peers": peers, "size": size, "pieces": dl.manifest.pieces,
-        "line": dl.status_line(),
+        "line": download_line(progress),
     }
     if with_map:
         cells = dl.piece_map()
