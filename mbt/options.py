@@ -40,8 +40,8 @@ from mbt.peer.ratelimit import parse_rate
 from mbt.statedir import default_state_dir
 from mbt.tls import TLSConfig
 from mbt.tracker.pgstore import is_url
-from mbt.web.server import check_endpoint
 from mbt.trackerinfo import load_relays, load_tracker_info, parse_address, select_tracker
+from mbt.web.server import check_endpoint
 
 
 def default_peer_state_dir(address: str) -> str:
