@@ -84,6 +84,8 @@ def test_page_static_files_headers_and_cookie(cluster, webs):
     for name, ctype in (("app.js", "text/javascript"), ("app.css", "text/css")):
         r = yield web.get("/static/" + name)
         assert r.code == 200 and r.header("content-type").startswith(ctype) and len(r.body) > 500
+        again = yield web.request("GET", "/static/" + name, headers={"if-none-match": r.header("etag")})
+        assert again.code == 304 and again.body == b""
     for path in ("/static/../resources.py", "/static/x.js", "/nope", "/api/nope"):
         r = yield web.get(path)
         assert r.code == 404, path

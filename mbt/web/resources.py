@@ -10,6 +10,7 @@ texts, success and error alike, are the console's; queries call the same
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Callable, Dict, Optional
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 from twisted.web.template import renderElement
 
 from mbt.errors import MbtError, NotLoggedIn, UsageError
@@ -132,9 +133,11 @@ class StaticResource(resource.Resource):
     def __init__(self) -> None:
         super().__init__()
         self.files: Dict[str, bytes] = {}
+        self.etags: Dict[str, bytes] = {}
         for name in STATIC_TYPES:
             with open(os.path.join(STATIC_DIR, name), "rb") as f:
                 self.files[name] = f.read()
+            self.etags[name] = b'"%s"' % hashlib.sha256(self.files[name]).hexdigest()[:20].encode()
 
     def render_GET(self, request):
         security_headers(request)
@@ -144,7 +147,9 @@ class StaticResource(resource.Resource):
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"no such file\n"
         request.setHeader(b"content-type", STATIC_TYPES[name])
-        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"cache-control", b"no-cache")     # revalidated: 304 while unchanged
+        if request.setETag(self.etags[name]) == http.CACHED:
+            return b""
         return self.files[name]
 
 
