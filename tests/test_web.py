@@ -312,3 +312,36 @@ def test_piece_map_and_sources_of_a_running_download(tmp_path):
     view = download_view(dl)
     assert view["sources"] == ["10.0.0.1:7000"] and view["src"] == "0--" "-"
     assert view["state"] == "D" and view["note"] == "paused until login" and view["eta"] is None
+
+
+def test_twistd_peer_serves_the_page_over_tls_with_a_secure_cookie(procs, tmp_path):
+    import ssl
+    import time
+    import urllib.request
+
+    from mbt import certs
+    from mbt.driver import Process, bin_path, free_port, wait_port
+    from tests.test_e2e import start_tracker
+    _, info, _ = start_tracker(procs, tmp_path)
+    ca_key, ca_cert = certs.make_ca()
+    ca_path, _ = certs.write_pair(str(tmp_path), "ca", ca_key, ca_cert)
+    key, cert = certs.make_cert(ca_key, ca_cert, "peer")
+    cert_path, key_path = certs.write_pair(str(tmp_path), "peer", key, cert)
+    web_port = free_port()
+    log = tmp_path / "peer.log"
+    peer = Process([bin_path("twistd"), "-n", "--pidfile=", "mbt-peer", "--address", "127.0.0.1:%d" % free_port(),
+                    "--info", info, "--console", "tcp:%d" % free_port(), "--state-dir", str(tmp_path / "peer"),
+                    "--web", "ssl:%d:privateKey=%s:certKey=%s" % (web_port, key_path, cert_path)],
+                   cwd=str(tmp_path), log=str(log))
+    procs.append(peer)
+    wait_port(web_port, 30, peer.proc)
+    url = "https://127.0.0.1:%d/" % web_port
+    deadline = time.monotonic() + 10
+    while "web page: %s" % url not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "web page: %s" % url in log.read_text()
+    ctx = ssl.create_default_context(cafile=ca_path)
+    with urllib.request.urlopen(url, context=ctx, timeout=10) as resp:
+        assert resp.status == 200 and b"/static/app.js" in resp.read()
+        cookie = resp.headers["set-cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")

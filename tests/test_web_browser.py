@@ -194,3 +194,15 @@ def _story(page, procs, tmp_path):
     page.click("#logout")
     page.wait(lambda: page.find("#signin").is_displayed(), what="signed out")
     page.msg("#signin-msg", "logged out ann; stopped sharing 1 file")
+
+    # The page survives its peer going away: a message in words and a retry button.
+    page.type("#login-user", "ann")
+    page.type("#login-password", "pw-ann")
+    page.click("#login-button")
+    page.wait(lambda: page.find("#app").is_displayed(), what="signed in again")
+    a.stop(10)
+    page.click("#refresh-groups")
+    page.wait(lambda: page.find("#net-error").is_displayed(), what="the network error banner")
+    assert page.text("#net-error-text").startswith(("error: cannot reach this peer's web page",
+                                                    "live updates interrupted"))
+    assert page.find("#net-retry").is_displayed() and page.find("#group-table").is_displayed()
