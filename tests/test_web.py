@@ -188,12 +188,22 @@ def test_groups_requests_files_share_download_with_console_texts(cluster, webs, 
     g = r.json()
     assert g["groups"] == [{"group": "club", "owner": "ann", "members": 1, "relation": "owner"}]
     assert g["requests"] == {"club": ["bob"]}
+    bob_web = yield web_for(bob, webs)
+    yield bob_web.sign_in("bob", "pw-bob")
+    r = yield bob_web.get("/api/groups")
+    assert r.json() == {"groups": [{"group": "club", "owner": "ann", "members": 1, "relation": "pending"}],
+                        "requests": {}}
     r = yield web.post("accept_request", group="club", user="bob")
     assert r.json()["message"] == "bob is now a member of club"
     r = yield web.post("reject_request", group="club", user="nobody")
     assert r.code == 400 and r.json()["error"]
     r = yield web.get("/api/groups")
     assert r.json()["groups"][0]["members"] == 2 and r.json()["requests"] == {"club": []}
+    yield bob.create_group("bobs")
+    r = yield bob_web.get("/api/groups")
+    assert [(g["group"], g["relation"]) for g in r.json()["groups"]] == [("bobs", "owner"), ("club", "member")]
+    r = yield web.get("/api/groups")
+    assert [(g["group"], g["relation"]) for g in r.json()["groups"]] == [("bobs", "none"), ("club", "owner")]
     # bob shares a file with a name that is HTML; the page gets it as plain data.
     os.makedirs(tmp_path / "b", exist_ok=True)
     sha = make_file(tmp_path / "b" / XSS, 2 * 512 * 1024 + 5)

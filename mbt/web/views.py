@@ -15,15 +15,11 @@ STATE_WORDS = {"D": "downloading", "C": "complete", "F": "failed"}
 
 
 def relation(group: dict, user: Optional[str]) -> str:
-    """``owner`` / ``member`` / ``pending`` / ``none`` for one ``list_groups`` row.
-
-    The tracker's own marker is used when it sends one; otherwise only
-    ownership can be told from the row.
-    """
-    for key in ("relation", "you", "marker", "status"):
-        value = group.get(key)
-        if value in ("owner", "member", "pending"):
-            return value
+    """``owner`` / ``member`` / ``pending`` / ``none`` for one ``list_groups`` row:
+    the tracker's ``role`` for the asking user (the console's marker column)."""
+    role = group.get("role")
+    if role in ("owner", "member", "pending"):
+        return role
     if user is not None and group.get("owner") == user:
         return "owner"
     return "none"
