@@ -6,6 +6,7 @@ and a deployment is moved from SQLite into the database and back. Every wait
 is a bounded poll; every process is killed at teardown.
 """
 
+import json
 import os
 import re
 import threading
@@ -309,3 +310,27 @@ def test_twistd_front_end_and_the_password_is_never_shown(fleet, tmp_path):
     logs = (tmp_path / "twistd.log").read_text() + (tmp_path / "tracker1.log").read_text()
     assert "postgresql://postgres@127.0.0.1" in logs
     assert "s3cretpw" not in logs
+
+
+def test_membership_pushes_reach_a_user_on_another_tracker_of_the_fleet(fleet):
+    # Issue #12 item 12 over PostgreSQL: the owner writes through tracker 1, the
+    # user's session is on tracker 2, which learns of the write from the database.
+    t = fleet(2)
+    for n in (1, 2):
+        t.start(n)
+    owner = login(t.port(1), "olga", "127.0.0.1:7001")
+    owner.ok("create_group", group="club")
+    user = login(t.port(2), "jim", "127.0.0.1:7002")
+    user.ok("join_group", group="club")
+    owner.ok("accept_request", group="club", user="jim")
+    pushes = []
+    deadline = time.monotonic() + 10
+    user.sock.settimeout(0.2)
+    while not pushes and time.monotonic() < deadline:
+        try:
+            user.buf += user.sock.recv(65536)
+        except OSError:             # timeout: nothing yet (tracker 2 catches up every second)
+            continue
+        *lines, user.buf = user.buf.split(b"\n")
+        pushes.extend(m for m in map(json.loads, filter(None, lines)) if "push" in m)
+    assert pushes == [{"push": "membership", "kind": "accepted", "group": "club", "by": "olga"}]

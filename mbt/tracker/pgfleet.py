@@ -59,7 +59,7 @@ LEASE = 5.0
 SNAPSHOT_EVERY = 20000
 
 
-def apply_entry(state: TrackerState, op: dict, me: Optional[int]) -> None:
+def apply_entry(state: TrackerState, op: dict, me: Optional[int]) -> Optional[dict]:
     """Apply one logged operation to ``state`` as tracker ``me`` sees it.
 
     Durable operations go through :meth:`TrackerState.apply` (a logged one
@@ -70,11 +70,11 @@ def apply_entry(state: TrackerState, op: dict, me: Optional[int]) -> None:
     name = op.get("op")
     if not (isinstance(name, str) and name.startswith("presence_")):
         try:
-            state.apply(op)
+            return state.apply(op)      # the result: for membership pushes
         except MbtError as e:
             shown = {k: v for k, v in op.items() if k != "password_record"}
             log.error("logged operation {op!r} no longer applies: {err}", op=shown, err=e.message)
-        return
+        return None
     origin = op.get("tracker")
     if not isinstance(origin, int) or origin == me:
         return
@@ -163,6 +163,10 @@ class PgFleet:
         self.lease = lease
         self.snapshot_every = snapshot_every
         self.presence = FleetPresence(self)
+        #: Called with (op, result) for each durable operation applied live
+        #: (our own writes and other trackers' caught up while serving; not
+        #: loads or reloads): membership pushes (mbt.tracker.events).
+        self.on_applied: Callable[[dict, dict], None] = lambda op, result: None
         # The login budget of this tracker alone (not yet shared through the database).
         self.login_guard = SharedLoginGuard(clock)
         self.head = 0
@@ -316,8 +320,10 @@ class PgFleet:
                 self._stale = True
                 return
             op = json.loads(text)
-            apply_entry(self.state, op, self.number)
+            result = apply_entry(self.state, op, self.number)
             self.head = seq
+            if result is not None:
+                self._applied_live(op, result)
             if op.get("op") == "presence_reset" and op.get("tracker") == self.number:
                 self._reannounce()
 
@@ -396,7 +402,15 @@ class PgFleet:
             inflight.callback(None)
         if seq % self.snapshot_every == 0:
             self._take_snapshot(seq)
+        if not op.get("op", "").startswith("presence_"):
+            self._applied_live(op, result)
         return result
+
+    def _applied_live(self, op: dict, result: dict) -> None:
+        try:
+            self.on_applied(op, result)
+        except Exception:       # a notice must never break the write path
+            log.failure("on_applied hook failed for {op}", op=op.get("op"))
 
     def _reannounce(self) -> None:
         """Another tracker took us for dead and dropped our peers: announce them again."""
@@ -422,6 +436,10 @@ class PgFleet:
         if not self.db_ok:
             log.info("tracker database {url} reachable again", url=safe_url(self.url))
         self.db_ok = True
+        if not self._sync_running and not self._stopped:
+            # Also pick up the other trackers' writes while idle, so that the
+            # membership pushes they cause reach our sessions within a heartbeat.
+            self._sync()
         for number in expired:
             if number == self.number or number in self._expiring:
                 continue
