@@ -13,8 +13,10 @@ import threading
 import time
 
 import pytest
+import pytest_twisted
 
 from mbt.driver import Console, Process, bin_path, free_port, wait_port
+from mbt.tracker.service import TrackerService
 from tests.test_replication_integration import MANIFEST, Client, call, login, wait_until
 
 
@@ -334,3 +336,44 @@ def test_membership_pushes_reach_a_user_on_another_tracker_of_the_fleet(fleet):
         *lines, user.buf = user.buf.split(b"\n")
         pushes.extend(m for m in map(json.loads, filter(None, lines)) if "push" in m)
     assert pushes == [{"push": "membership", "kind": "accepted", "group": "club", "by": "olga"}]
+
+
+@pytest_twisted.inlineCallbacks
+def test_snapshots_compact_the_log_and_a_new_tracker_starts_from_one(tmp_path, pg_url):
+    import psycopg
+    from tests.cluster import wait_for
+    from tests.test_tracker_integration import Services, connect, user
+    services = Services(tmp_path, pg_url)
+    services.clients = []
+    svc = TrackerService("tcp:0:interface=127.0.0.1", None, store_url=pg_url,
+                         fleet_options={"snapshot_every": 10})
+    svc.startService()
+    port = yield svc.listening
+    svc.port_number = port.getHost().port
+    services.running.append(svc)
+    try:
+        alice = yield user(services, svc, "alice", "127.0.0.1:7001")
+        for i in range(25):
+            yield alice.request("create_group", group="g%d" % i)
+        with psycopg.connect(pg_url) as conn:
+            newest = lambda: conn.execute("SELECT coalesce(max(seq), 0) FROM mbt_snapshot").fetchone()[0]
+            yield wait_for(lambda: newest() >= 20, 10, what="a snapshot after operation 20")
+            assert conn.execute("SELECT count(*) FROM mbt_snapshot").fetchone()[0] == 1   # older ones dropped
+            assert newest() % 10 == 0
+        # A second tracker loads the snapshot plus the tail: the same state.
+        other = TrackerService("tcp:0:interface=127.0.0.1", None, number=2, store_url=pg_url)
+        other.startService()
+        p2 = yield other.listening
+        other.port_number = p2.getHost().port
+        services.running.append(other)
+        c = yield connect(services, other)
+        d1 = (yield alice.request("state_digest"))["digest"]
+        assert (yield c.request("state_digest"))["digest"] == d1
+        assert len((yield c.request("login", user="alice", password="pw-alice", address="127.0.0.1:7002"))
+                   ["token"]) > 10
+    finally:
+        for c in services.clients:
+            if c.transport is not None:
+                c.transport.loseConnection()
+        for s in list(services.running):
+            yield s.stopService()

@@ -475,4 +475,8 @@ class PgFleet:
                 log.warn("snapshot at {seq} failed: {err}", seq=seq, err=result.getErrorMessage())
             elif result:
                 log.info("snapshot of the state at operation {seq} stored", seq=seq)
+            # A multiple passed while this one was built: take that one now.
+            later = self.head // self.snapshot_every * self.snapshot_every
+            if later > seq and not self._stopped:
+                self._take_snapshot(later)
         d.addBoth(done)
