@@ -11,7 +11,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import threads
 
-from mbt.tickets import make_ticket, signing_key_from_secret
+from mbt.tickets import (make_key_ticket, make_ticket, new_session_key, public_key_hex, sign_challenge,
+                         signing_key_from_secret)
 from tests.cluster import Cluster, make_file
 
 
@@ -22,11 +23,34 @@ def cluster(tmp_path):
     pytest_twisted.blockon(c.stop())
 
 
-def wire(address, lines, read_for=1.0):
-    """Blocking: send lines to a peer, return everything it answers."""
+def wire(address, lines, read_for=1.0, key=None):
+    """Blocking: send lines to a peer, return everything it answers.
+
+    With ``key``, the first line is a HELLO whose CHALLENGE is answered with
+    ``key``'s PROOF before the other lines are sent (the CHALLENGE itself is
+    not part of the answer returned).
+    """
     host, port = address.rsplit(":", 1)
     s = socket.create_connection((host, int(port)), timeout=5)
     try:
+        if key is not None:
+            s.sendall(lines[0] + b"\n")
+            first = b""
+            while not first.endswith(b"\n"):
+                chunk = s.recv(1)
+                if not chunk:
+                    break
+                first += chunk
+            if first.startswith(b"CHALLENGE "):
+                _, group, file_hash, user = lines[0].split(b" ")[1:5]
+                proof = sign_challenge(key, first.split()[1].decode(), group.decode(), file_hash.decode(),
+                                       user.decode())
+                lines = [b"PROOF " + proof.encode()] + list(lines[1:])
+            else:
+                lines = list(lines[1:])
+            prefix = first if not first.startswith(b"CHALLENGE ") else b""
+        else:
+            prefix = b""
         s.sendall(b"".join(line + b"\n" for line in lines))
         s.settimeout(0.2)
         data = b""
@@ -39,7 +63,7 @@ def wire(address, lines, read_for=1.0):
             if not chunk:
                 break
             data += chunk
-        return data
+        return prefix + data
     finally:
         s.close()
 
@@ -59,7 +83,7 @@ def setup(cluster, tmp_path):
 
 
 def hello(group, file_hash, user, ticket=None):
-    line = "HELLO mbt/1 %s %s %s" % (group, file_hash, user)
+    line = "HELLO mbt/2 %s %s %s" % (group, file_hash, user)
     return (line + (" " + ticket if ticket else "")).encode()
 
 
@@ -68,7 +92,7 @@ def test_member_with_ticket_is_served(cluster, tmp_path):
     owner, member, outsider, h = yield setup(cluster, tmp_path)
     ticket = yield member.get_ticket("club", h)
     out = yield threads.deferToThread(wire, owner.address, [hello("club", h, "member", ticket),
-                                                             b"REQUEST 0 0 1000"])
+                                                             b"REQUEST 0 0 1000"], key=member.session_key)
     assert out.startswith(b"BITFIELD ")
     assert b"PIECE 0 0 1000\n" in out
 
@@ -90,8 +114,10 @@ def test_forged_expired_and_misdirected_tickets_are_refused(cluster, tmp_path):
     key = cluster.tracker.core.signing_key          # the trackers' real signing key
     now = time.time()
 
-    def signed(user="member", group="club", file_hash=h, address=member.address, at=now, with_key=key):
-        return make_ticket(with_key, user, group, file_hash, address, at)[0]
+    holder = public_key_hex(member.session_key)
+
+    def signed(user="member", group="club", file_hash=h, for_key=holder, at=now, with_key=key):
+        return make_key_ticket(with_key, user, group, file_hash, for_key, at)[0]
 
     payload, signature = good.split(".")
     tampered = payload[:-2] + ("AA" if not payload.endswith("AA") else "BB") + "." + signature
@@ -104,12 +130,17 @@ def test_forged_expired_and_misdirected_tickets_are_refused(cluster, tmp_path):
         (hello("club", h, "member", signed(file_hash="0" * 64)), b"ERROR ticket is for another file or group"),
         (hello("club", h, "member", signed(group="other")), b"ERROR ticket is for another file or group"),
         (hello("club", h, "outsider", good), b"ERROR ticket is for another user"),
-        (hello("club", h, "member", signed(address="127.0.0.2:7000")),
-         b"ERROR ticket was issued to another address"),
+        # Someone else's ticket, replayed by the member: the member cannot sign for its key.
+        (hello("club", h, "member", signed(for_key=public_key_hex(new_session_key()))),
+         b"ERROR proof does not verify"),
+        # An mbt/1 ticket naming an address: no use to an mbt/2 server.
+        (hello("club", h, "member", make_ticket(key, "member", "club", h, member.address, now)[0]),
+         b"ERROR ticket is not bound to a key"),
         (hello("other", h, "member", good), b"ERROR no such file shared here"),
     ]
     for line, expected in cases:
-        out = yield threads.deferToThread(wire, owner.address, [line, b"REQUEST 0 0 1000"])
+        out = yield threads.deferToThread(wire, owner.address, [line, b"REQUEST 0 0 1000"],
+                                          key=member.session_key)
         assert out.startswith(expected), (expected, out[:120])
         assert b"PIECE" not in out
 

@@ -21,6 +21,7 @@ from mbt.peer.storage import PieceFile
 from mbt.protocols.console import StdioConsole
 from mbt.protocols.peer import PeerClientProtocol, PeerServerFactory
 from mbt.protocols.tracker import TrackerServerFactory
+from mbt.tickets import new_session_key, public_key_hex, sign_challenge
 from mbt.tracker.service import TrackerCore
 from mbt.tracker.state import TrackerState
 from mbt.tracker.store import MemoryStore
@@ -58,6 +59,22 @@ class Node:
     def ticket_expires(ticket):
         return None
 
+    @staticmethod
+    def ticket_holder(ticket):
+        return public_key_hex(KEY)
+
+
+KEY = new_session_key()
+
+
+def handshake(proto, t, m) -> None:
+    """HELLO, then the PROOF for the server's CHALLENGE (mbt/2)."""
+    proto.dataReceived(b"HELLO mbt/2 g %s u\n" % m.file_hash.encode())
+    line = t.value().split(b"\n")[-2]
+    assert line.startswith(b"CHALLENGE ")
+    proof = sign_challenge(KEY, line.split()[1].decode(), "g", m.file_hash, "u")
+    proto.dataReceived(b"PROOF %s\n" % proof.encode())
+
 
 @pytest.fixture(scope="module")
 def shared_file(tmp_path_factory):
@@ -83,10 +100,11 @@ def test_peer_server_survives_garbage_and_still_serves(shared_file, chunks):
     try:
         servable = Servable("g", m, pf, set(range(m.pieces)))
         factory = PeerServerFactory(Node(servable), task.Clock())
-        hello = b"HELLO mbt/1 g %s u\n" % m.file_hash.encode()
-        for prefix in (b"", hello):            # garbage before and after a good handshake
+        for shake in (False, True):            # garbage before and after a good handshake
             proto, t = connect(factory)
-            for chunk in [prefix] + chunks:
+            if shake:
+                handshake(proto, t, m)
+            for chunk in chunks:
                 if t.disconnecting:
                     break
                 proto.dataReceived(chunk)
@@ -95,7 +113,8 @@ def test_peer_server_survives_garbage_and_still_serves(shared_file, chunks):
         assert factory.connections == set() and not factory.slots.active
         # A well-behaved downloader is still served, byte-exact.
         proto, t = connect(factory)
-        proto.dataReceived(hello + b"REQUEST 1 0 100\n")
+        handshake(proto, t, m)
+        proto.dataReceived(b"REQUEST 1 0 100\n")
         out = t.value()
         assert b"\nPIECE 1 0 100\n" in out
         with open(path, "rb") as f:
@@ -134,7 +153,7 @@ class Download:
 def test_peer_client_survives_garbage(chunks):
     dl = Download(3)
     clock = task.Clock()
-    proto = PeerClientProtocol(dl, b"HELLO mbt/1 g h u", clock)
+    proto = PeerClientProtocol(dl, b"HELLO mbt/2 g h u", clock)
     t = StringTransport()
     proto.makeConnection(t)
     proto.dataReceived(b"BITFIELD 3 e0\nUNCHOKE\n")

@@ -14,7 +14,7 @@ PAYLOADS = [
     b"\xff\xfb\x01\xff\xfd\x03" * 50,                 # telnet negotiation storm
     b"\x00" * 4096,
     b'{"id": 1, "op": "login", "user": "' + b"a" * 100000 + b'"}\n',
-    b"HELLO mbt/1 " + b"x" * 70000 + b"\n",
+    b"HELLO mbt/2 " + b"x" * 70000 + b"\n",
     b"REQUEST 0 0 99999999999999\n" * 10,
     b"[" * 100000 + b"\n",
 ]

@@ -24,6 +24,7 @@ from twisted.test import iosim
 
 from mbt.errors import MbtError
 from mbt.manifest import MAX_FILE_SIZE, PIECE_SIZE, Manifest, hash_file, piece_count, pieces_root
+from mbt.tickets import new_session_key, public_key_hex, sign_challenge
 from mbt.peer.serving import Servable
 from mbt.peer.storage import PieceFile, bitfield_hex
 from mbt.protocols.peer import (HANDSHAKE_TIMEOUT, HELLO_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE_INTERVAL, MAX_BLOCK,
@@ -75,12 +76,23 @@ def partial(shared, piece_files):
     return Servable(GROUP, manifest, piece_files(path, manifest), {0})
 
 
+DOWNLOADER_KEY = new_session_key()
+
+
 class FakeNode:
-    """``open_servable`` as PeerNode has it: the servable, or an MbtError."""
+    """``open_servable`` as PeerNode has it: the servable, or an MbtError.
+
+    Every ticket names ``DOWNLOADER_KEY``; :class:`ServerConn` answers the
+    challenge with it unless told not to.
+    """
 
     @staticmethod
     def ticket_expires(ticket):
         return None
+
+    @staticmethod
+    def ticket_holder(ticket):
+        return public_key_hex(DOWNLOADER_KEY)
 
     def servable_broken(self, servable, why):
         self.broken.append((servable, why))
@@ -127,18 +139,33 @@ def parse_stream(data: bytes) -> list:
 class ServerConn:
     """One downloader connected to a PeerServerProtocol over a StringTransport."""
 
-    def __init__(self, factory: PeerServerFactory, port: int = 40000) -> None:
+    def __init__(self, factory: PeerServerFactory, port: int = 40000, auto_prove: bool = True) -> None:
         self.factory = factory
+        self.auto_prove = auto_prove
+        self.hello_context = None
         addr = IPv4Address("TCP", "10.0.0.2", port)
         self.proto = factory.buildProtocol(addr)
         self.tr = StringTransport(peerAddress=addr)
         self.proto.makeConnection(self.tr)
 
     def send(self, data: bytes) -> None:
+        for line in data.split(b"\n"):
+            parts = line.split(b" ")
+            if parts[0] == b"HELLO" and len(parts) >= 5:
+                self.hello_context = tuple(p.decode("ascii", "replace") for p in parts[2:5])
         self.proto.dataReceived(data)
+        out = self.tr.value()
+        if self.auto_prove and out.startswith(b"CHALLENGE "):
+            # The downloader's side of the handshake: sign the challenge with the ticket's key.
+            line, _, rest = out.partition(b"\n")
+            self.tr.clear()
+            self.tr.write(rest)
+            group, file_hash, user = self.hello_context
+            proof = sign_challenge(DOWNLOADER_KEY, line.split(b" ")[1].decode(), group, file_hash, user)
+            self.proto.dataReceived(b"PROOF %s\n" % proof.encode())
 
     def hello(self, manifest: Manifest, user: str = "dan", group: str = GROUP) -> None:
-        self.send(b"HELLO mbt/1 %s %s %s\n" % (group.encode(), manifest.file_hash.encode(), user.encode()))
+        self.send(b"HELLO mbt/2 %s %s %s\n" % (group.encode(), manifest.file_hash.encode(), user.encode()))
 
     def messages(self) -> list:
         return parse_stream(self.tr.value())
@@ -192,7 +219,7 @@ def test_hello_answers_bitfield_and_unchoke(make_conn, servable):
 def test_hello_passes_ticket_and_accepts_crlf(make_conn, servable):
     node = FakeNode(servable)
     conn = make_conn(node)
-    conn.send(b"HELLO mbt/1 club %s dan T0K3N\r\n" % servable.manifest.file_hash.encode())
+    conn.send(b"HELLO mbt/2 club %s dan T0K3N\r\n" % servable.manifest.file_hash.encode())
     assert conn.messages() == ["BITFIELD 3 e0", "UNCHOKE"]
     assert node.hellos[0][3] == "T0K3N"
 
@@ -204,12 +231,13 @@ def test_hello_bitfield_of_partial_servable(make_conn, partial):
 
 
 @pytest.mark.parametrize("line", [
-    b"HELLO mbt/2 club %(h)s dan",
-    b"HELLO MBT/1 club %(h)s dan",
-    b"HELLO mbt/1 club %(h)s",
-    b"HELLO mbt/1 club %(h)s dan ticket extra",
+    b"HELLO mbt/3 club %(h)s dan",
+    b"HELLO mbt/1 club %(h)s dan",
+    b"HELLO MBT/2 club %(h)s dan",
+    b"HELLO mbt/2 club %(h)s",
+    b"HELLO mbt/2 club %(h)s dan ticket extra",
     b"HELLO",
-    b"HELLO mbt/1  %(h)s dan",          # double space: empty field, wrong count
+    b"HELLO mbt/2  %(h)s dan",          # double space: empty field, wrong count
 ])
 def test_bad_hello_is_error_line_and_close(make_conn, servable, line):
     node = FakeNode(servable)
@@ -227,7 +255,7 @@ def test_bad_hello_is_error_line_and_close(make_conn, servable, line):
 ])
 def test_refused_hello_is_error_and_close_without_any_bytes(make_conn, servable, refusal):
     conn = make_conn(FakeNode(servable, refuse=refusal))
-    conn.send(b"HELLO mbt/1 club %s dan\nREQUEST 0 0 10\nREQUEST 1 0 10\n"
+    conn.send(b"HELLO mbt/2 club %s dan\nREQUEST 0 0 10\nREQUEST 1 0 10\n"
               % servable.manifest.file_hash.encode())
     msgs = conn.messages()
     assert len(msgs) == 1 and msgs[0].startswith("ERROR ")
@@ -238,7 +266,7 @@ def test_refused_hello_is_error_and_close_without_any_bytes(make_conn, servable,
 
 def test_hello_for_a_file_not_served_is_refused(make_conn, servable):
     conn = make_conn(FakeNode(servable))
-    conn.send(b"HELLO mbt/1 club %s dan\n" % (b"0" * 64))
+    conn.send(b"HELLO mbt/2 club %s dan\n" % (b"0" * 64))
     assert conn.messages() == ["ERROR no such file shared here in group club"]
     assert conn.closed
 
@@ -247,7 +275,7 @@ def test_hello_for_a_file_not_served_is_refused(make_conn, servable):
 def test_message_before_hello_closes(make_conn, servable, line):
     node = FakeNode(servable)
     conn = make_conn(node)
-    conn.send(line + b"\nHELLO mbt/1 club %s dan\n" % servable.manifest.file_hash.encode())
+    conn.send(line + b"\nHELLO mbt/2 club %s dan\n" % servable.manifest.file_hash.encode())
     assert conn.closed
     assert pieces_in(conn.messages()) == []
     assert node.hellos == []
@@ -364,7 +392,7 @@ def test_over_long_line_closes(make_conn, ready_conn, servable, with_newline):
         assert conn.closed
 
 
-@pytest.mark.parametrize("line", [b"HELLO mbt/1 gr\xc3\xbcp %(h)s dan", b"HELLO mbt/1 club %(h)s d\xffn"])
+@pytest.mark.parametrize("line", [b"HELLO mbt/2 gr\xc3\xbcp %(h)s dan", b"HELLO mbt/2 club %(h)s d\xffn"])
 def test_non_ascii_hello_closes(make_conn, servable, line):
     node = FakeNode(servable)
     conn = make_conn(node)
@@ -612,7 +640,7 @@ class FakeDownload:
         return [e for e in self.events if e[0] == "error"]
 
 
-HELLO = b"HELLO mbt/1 club " + b"0" * 64 + b" dan"
+HELLO = b"HELLO mbt/2 club " + b"0" * 64 + b" dan"
 
 
 def make_client(clock, download=None):
@@ -924,8 +952,9 @@ def connect_both(node, manifest, clock, slots=16):
     factory = PeerServerFactory(node, clock, upload_slots=slots)
     server = factory.buildProtocol(IPv4Address("TCP", "10.0.0.2", 40000))
     dl = FetchingDownload(manifest)
-    hello = b"HELLO mbt/1 %s %s dan" % (GROUP.encode(), manifest.file_hash.encode())
-    client = PeerClientProtocol(dl, hello, clock)
+    hello = b"HELLO mbt/2 %s %s dan" % (GROUP.encode(), manifest.file_hash.encode())
+    client = PeerClientProtocol(dl, hello, clock,
+                                prove=lambda c: sign_challenge(DOWNLOADER_KEY, c, GROUP, manifest.file_hash, "dan"))
     pump = iosim.connect(server, iosim.FakeTransport(server, isServer=True),
                          client, iosim.FakeTransport(client, isServer=False), greet=False)
     return server, client, dl, pump
@@ -1001,7 +1030,7 @@ class ExpiringNode(FakeNode):
 
 def test_requests_after_the_ticket_expires_get_no_bytes(make_conn, servable, clock):
     conn = make_conn(ExpiringNode(servable, expires=100.0))
-    conn.send(b"HELLO mbt/1 %s %s u old\n" % (servable.group.encode(), servable.manifest.file_hash.encode()))
+    conn.send(b"HELLO mbt/2 %s %s u old\n" % (servable.group.encode(), servable.manifest.file_hash.encode()))
     conn.take()
     conn.send(b"REQUEST 0 0 10\n")
     assert [m[0] for m in conn.take() if isinstance(m, tuple)] == ["PIECE"]
@@ -1012,7 +1041,7 @@ def test_requests_after_the_ticket_expires_get_no_bytes(make_conn, servable, clo
 
 def test_a_renewed_ticket_keeps_the_connection_serving(make_conn, servable, clock):
     conn = make_conn(ExpiringNode(servable, expires=100.0))
-    conn.send(b"HELLO mbt/1 %s %s u old\n" % (servable.group.encode(), servable.manifest.file_hash.encode()))
+    conn.send(b"HELLO mbt/2 %s %s u old\n" % (servable.group.encode(), servable.manifest.file_hash.encode()))
     conn.take()
     conn.send(b"TICKET fresh\n")
     for _ in range(4):                  # 200 s later, with keep-alives in between
@@ -1032,3 +1061,119 @@ def test_a_refused_downloader_gets_no_more_pieces_even_when_the_buffer_drains(re
     assert "ERROR peer logged out" in msgs
     assert [m for m in msgs if isinstance(m, tuple)] == []
     assert ready_conn.closed
+
+
+# -- mbt/2: the ticket's key, proven by signing the server's challenge ---------------
+
+
+def test_the_server_challenges_and_serves_only_after_a_good_proof(make_conn, servable, clock):
+    node = FakeNode(servable)
+    conn = ServerConn(PeerServerFactory(node, clock), auto_prove=False)
+    h = servable.manifest.file_hash
+    conn.send(b"HELLO mbt/2 club %s dan T0K3N\n" % h.encode())
+    (line,) = conn.take()
+    verb, challenge = line.split(" ")
+    assert verb == "CHALLENGE" and len(challenge) == 64
+    conn.send(b"REQUEST 0 0 10\n")             # anything but PROOF now ends it
+    assert conn.closed and pieces_in(conn.messages()) == []
+
+
+@pytest.mark.parametrize("forge", ["other key", "other challenge", "other user", "garbage", "empty"])
+def test_a_proof_that_does_not_match_is_refused(make_conn, servable, clock, forge):
+    conn = ServerConn(PeerServerFactory(FakeNode(servable), clock), auto_prove=False)
+    h = servable.manifest.file_hash
+    conn.send(b"HELLO mbt/2 club %s dan T0K3N\n" % h.encode())
+    challenge = conn.take()[0].split(" ")[1]
+    proof = {"other key": sign_challenge(new_session_key(), challenge, GROUP, h, "dan"),
+             "other challenge": sign_challenge(DOWNLOADER_KEY, "00" * 32, GROUP, h, "dan"),
+             "other user": sign_challenge(DOWNLOADER_KEY, challenge, GROUP, h, "eve"),
+             "garbage": "!!!", "empty": ""}[forge]
+    conn.send(b"PROOF %s\nREQUEST 0 0 10\n" % proof.encode())
+    msgs = conn.messages()
+    assert len(msgs) == 1 and msgs[0].startswith("ERROR ") and "proof" in msgs[0]
+    assert conn.closed and conn.factory.slots.active == set()
+
+
+def test_a_replayed_proof_fails_on_a_new_connection(make_conn, servable, clock):
+    factory = PeerServerFactory(FakeNode(servable), clock)
+    h = servable.manifest.file_hash
+    first = ServerConn(factory, auto_prove=False)
+    first.send(b"HELLO mbt/2 club %s dan T0K3N\n" % h.encode())
+    captured = sign_challenge(DOWNLOADER_KEY, first.take()[0].split(" ")[1], GROUP, h, "dan")
+    thief = ServerConn(factory, port=40001, auto_prove=False)
+    thief.send(b"HELLO mbt/2 club %s dan T0K3N\n" % h.encode())
+    thief.take()
+    thief.send(b"PROOF %s\n" % captured.encode())
+    assert thief.messages()[0].startswith("ERROR proof does not verify") and thief.closed
+
+
+def test_an_mbt1_downloader_is_told_to_upgrade(make_conn, servable):
+    conn = make_conn(FakeNode(servable))
+    conn.send(b"HELLO mbt/1 club %s dan T0K3N\n" % servable.manifest.file_hash.encode())
+    assert conn.messages() == ["ERROR this peer speaks mbt/2 (tickets bound to keys); upgrade mbt to"
+                               " download from it"]
+    assert conn.closed
+
+
+def test_a_renewed_ticket_for_another_key_is_refused(make_conn, servable, clock):
+    class TwoKeys(FakeNode):
+        def ticket_holder(self, ticket):
+            return public_key_hex(new_session_key()) if ticket == "stolen" else super().ticket_holder(ticket)
+    conn = make_conn(TwoKeys(servable))
+    conn.send(b"HELLO mbt/2 club %s dan T0K3N\n" % servable.manifest.file_hash.encode())
+    conn.take()
+    conn.send(b"TICKET stolen\n")
+    assert conn.messages() == ["ERROR renewed ticket is for another key"] and conn.closed
+
+
+def test_the_client_answers_a_challenge_with_its_proof(clock):
+    proto = PeerClientProtocol(FakeDownload(), HELLO, clock, prove=lambda c: "sig-of-" + c)
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    tr.clear()
+    proto.dataReceived(b"CHALLENGE abc\n")
+    assert tr.value() == b"PROOF sig-of-abc\n"
+
+
+class CallingNode(FakeNode):
+    """A downloader's node waiting for one connect-back."""
+
+    def __init__(self, client):
+        super().__init__(None)
+        self.client = client
+
+    def take_callback(self, token):
+        client, self.client = (self.client, None) if token == "tok-" + "x" * 20 else (None, self.client)
+        return client
+
+
+def test_connect_back_hands_the_accepted_connection_to_the_download(clock):
+    dl = FakeDownload()
+    client = PeerClientProtocol(dl, HELLO, clock, prove=lambda c: "p")
+    conn = ServerConn(PeerServerFactory(CallingNode(client), clock))
+    conn.send(b"CALLBACK tok-" + b"x" * 20 + b"\n")
+    assert conn.tr.value() == HELLO + b"\n"            # we download on the connection the seeder made
+    conn.send(b"CHALLENGE ab\nBITFIELD 3 e0\n")
+    assert conn.tr.value().endswith(b"PROOF p\n")
+    assert dl.events[0] == ("ready", frozenset({0, 1, 2}))
+    assert conn.factory.connections == set()           # not counted as one we serve
+    conn.lose()
+    assert dl.events[-1] == ("lost",)
+
+
+def test_an_unknown_callback_token_is_closed(clock):
+    conn = ServerConn(PeerServerFactory(CallingNode(None), clock))
+    conn.send(b"CALLBACK nope-" + b"y" * 20 + b"\n")
+    assert conn.closed
+
+
+def test_a_connect_back_server_opens_with_its_token(servable, clock):
+    factory = PeerServerFactory(FakeNode(servable), clock)
+    proto = PeerServerProtocol()
+    proto.factory = factory
+    proto.preamble = b"CALLBACK tok"
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    assert tr.value() == b"CALLBACK tok\n"
+    proto.dataReceived(b"CALLBACK tok\n")            # a seeder never downloads on its own call
+    assert tr.disconnecting

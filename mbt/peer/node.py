@@ -22,7 +22,9 @@ from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, check_file_name, 
 from mbt.manifest import Manifest, hash_file
 from mbt.peer.download import Download, DownloadProgress
 from mbt.peer.ratelimit import TokenBucket
+from mbt import tickets
 from mbt.tickets import verify_ticket
+from mbt.trackertime import TrackerClock
 from mbt.tls import TLSConfig, server_endpoint
 from mbt.peer.serving import Servable
 from mbt.peer.shares import DownloadRecord, Share, ShareStore
@@ -63,10 +65,17 @@ class PeerNode:
         self.servables: Dict[Tuple[str, str], Servable] = {}   # (group, file_hash) -> Servable
         self.ticket_key: Optional[str] = None     # the trackers' public ticket key (hex)
         self._tickets: Dict[Tuple[str, str], Tuple[str, float]] = {}
+        #: This login's Ed25519 key: tickets name its public half (protocol mbt/2).
+        self.session_key = None
+        #: Our offset to the trackers' clock; tickets are judged in their time.
+        self.tracker_clock = TrackerClock()
+        #: Connect-back tokens we wait for: token -> (build client protocol, timer).
+        self._callbacks: Dict[str, tuple] = {}
         self.downloads: Dict[Tuple[str, str], Download] = {}
         self._listeners: List[Callable[[str], None]] = []
         self.tracker = TrackerClient(trackers, reactor, on_connected=self._tracker_connected,
-                                     notify=self.notify, tls=tls, on_push=self.tracker_push)
+                                     notify=self.notify, tls=tls, on_time=self._tracker_time,
+                                     on_push=self.tracker_push)
         if upload_rate is None:     # no --upload-rate: the last ``set upload_rate`` holds
             upload_rate = self.store.settings.get("upload_rate", 0.0)
         self.upload_limiter = TokenBucket(reactor, upload_rate)
@@ -156,6 +165,8 @@ class PeerNode:
 
     def tracker_push(self, message: dict) -> None:
         """An unsolicited message from the tracker (docs/protocol.rst 2.3, "Pushes")."""
+        if message.get("push") == "dial":
+            return self._tracker_push(message)
         text = membership_notice(message) if self.user is not None else None
         if text is not None:
             self.notify(text)
@@ -180,7 +191,12 @@ class PeerNode:
         check_id("user id", user)
         if self.user is not None:
             raise MbtError("already logged in as %s; logout first" % self.user, "already_logged_in")
-        yield self.tracker.request("login", user=user, password=password, address=self.address)
+        key = tickets.new_session_key()
+        sent = self.reactor.seconds()
+        reply = yield self.tracker.request("login", user=user, password=password, address=self.address,
+                                           session_key=tickets.public_key_hex(key))
+        self._tracker_time(sent, self.reactor.seconds(), reply.get("time"))
+        self.session_key = key
         self.user, self._password = user, password
         self.login_serial += 1
         try:
@@ -188,7 +204,7 @@ class PeerNode:
             shared, warnings = yield self._announce_all()
         except Exception:
             # All or nothing: a half-done login would serve nothing yet refuse a retry.
-            self.user = self._password = None
+            self.user = self._password = self.session_key = None
             self.servables.clear()
             self.tracker.request("logout").addErrback(lambda f: None)
             raise
@@ -219,7 +235,7 @@ class PeerNode:
             note = e.message
         finally:
             # Even if the tracker is unreachable we stop serving: logout is local first.
-            self.user = self._password = None
+            self.user = self._password = self.session_key = None
             self._tickets.clear()
             self.server_factory.refuse_all("peer logged out")
             # Close shared files; a paused download keeps its .part file open
@@ -235,8 +251,11 @@ class PeerNode:
         if self.user is None or self._password is None:
             return
         try:
-            yield client.raw_request("login", user=self.user, password=self._password,
-                                     address=self.address)
+            sent = self.reactor.seconds()
+            reply = yield client.raw_request("login", user=self.user, password=self._password,
+                                             address=self.address,
+                                             session_key=tickets.public_key_hex(self.session_key))
+            self._tracker_time(sent, self.reactor.seconds(), reply.get("time"))
         except MbtError as e:
             self.notify("could not log back in as %s: %s" % (self.user, e.message))
             return
@@ -420,25 +439,76 @@ class PeerNode:
             raise MbtError("this peer cannot check tickets yet (no tracker key)", "not_sharing")
         if not ticket:
             raise MbtError("a ticket from the tracker is required (get_ticket)", "bad_ticket")
-        payload = verify_ticket(ticket, self.ticket_key, self.reactor.seconds())
+        payload = verify_ticket(ticket, self.ticket_key, self.tracker_now())
         if payload["g"] != group or payload["h"] != file_hash:
             raise MbtError("ticket is for another file or group", "bad_ticket")
         if payload["u"] != user:
             raise MbtError("ticket is for another user", "bad_ticket")
-        if payload["a"].rsplit(":", 1)[0] != remote.rsplit(":", 1)[0]:
-            raise MbtError("ticket was issued to another address", "bad_ticket")
+        if "k" not in payload:
+            # An mbt/1 ticket names an address, which says nothing behind NAT.
+            raise MbtError("ticket is not bound to a key (an mbt/1 ticket); upgrade mbt", "bad_ticket")
         return payload
 
     @staticmethod
     def ticket_expires(ticket: Optional[str]) -> Optional[float]:
-        """Expiry of a ticket that :meth:`open_servable` has just verified."""
+        """Expiry (tracker time) of a ticket that :meth:`open_servable` has just verified."""
         return float(json.loads(base64.urlsafe_b64decode(ticket.split(".")[0] + "==="))["exp"])
+
+    @staticmethod
+    def ticket_holder(ticket: Optional[str]) -> str:
+        """The session key a ticket :meth:`open_servable` has just verified names."""
+        return json.loads(base64.urlsafe_b64decode(ticket.split(".")[0] + "==="))["k"]
+
+    def prove(self, challenge: str, group: str, file_hash: str) -> str:
+        """Our ``PROOF`` for a server's challenge: signed with this login's key."""
+        if self.session_key is None:
+            raise MbtError("not logged in", "not_logged_in")
+        return tickets.sign_challenge(self.session_key, challenge, group, file_hash, self.user or "-")
+
+    # -- tracker time ---------------------------------------------------------
+
+    def tracker_now(self) -> float:
+        """The trackers' clock now (our clock plus the offset learnt at login and pings)."""
+        return self.tracker_clock.now(self.reactor.seconds())
+
+    def _tracker_time(self, sent: float, received: float, tracker_time: object) -> None:
+        if self.tracker_clock.sample(sent, received, tracker_time):
+            warning = self.tracker_clock.warning()
+            if warning is not None:
+                self.notify(warning)
+
+    # -- connect-back and relay -------------------------------------------------
+
+    def expect_callback(self, token: str, build: Callable[[], object], on_timeout: Callable[[], None],
+                        timeout: float = 15.0) -> None:
+        """A seeder will dial us with ``CALLBACK token``: ``build()`` makes its downloading protocol."""
+        def expired():
+            if self._callbacks.pop(token, None) is not None:
+                on_timeout()
+        self._callbacks[token] = (build, self.reactor.callLater(timeout, expired))
+
+    def take_callback(self, token: str):
+        """The downloading protocol for a connect-back, or None for an unknown token."""
+        entry = self._callbacks.pop(token, None)
+        if entry is None:
+            return None
+        build, timer = entry
+        if timer.active():
+            timer.cancel()
+        return build()
+
+    def _tracker_push(self, message: dict) -> None:
+        """The tracker asks us to dial a downloader (connect-back) or a relay."""
+        if message.get("push") != "dial" or self.user is None:
+            return
+        from mbt.peer.reaching import dial_for_downloader
+        dial_for_downloader(self, message)
 
     @defer.inlineCallbacks
     def get_ticket(self, group: str, file_hash: str):
         """A ticket proving our membership to the peers we download from (cached)."""
         cached = self._tickets.get((group, file_hash))
-        if cached is not None and cached[1] - self.reactor.seconds() > TICKET_REFRESH:
+        if cached is not None and cached[1] - self.tracker_now() > TICKET_REFRESH:
             return cached[0]
         result = yield self.tracker.request("get_ticket", group=group, file_hash=file_hash)
         self._tickets[(group, file_hash)] = (result["ticket"], float(result["expires"]))

@@ -151,7 +151,7 @@ class Swarm:
     def renew_ticket(self) -> None:
         """Before our ticket runs out, get a fresh one and show it to every server."""
         if (self._renewing or self.ticket is None
-                or self.node.ticket_expires(self.ticket) - self.reactor.seconds() > TICKET_REFRESH):
+                or self.node.ticket_expires(self.ticket) - self.node.tracker_now() > TICKET_REFRESH):
             return
         old = self.ticket
         self._renewing = True
@@ -203,9 +203,11 @@ class Swarm:
             return
         self.connecting.add(address)
         hello = hello_line(self.record.group, self.file_hash, self.node.user, self.ticket)
+        group, file_hash = self.record.group, self.file_hash
 
         def build():
-            p = PeerClientProtocol(self.download, hello, self.reactor)
+            p = PeerClientProtocol(self.download, hello, self.reactor,
+                                   prove=lambda challenge: self.node.prove(challenge, group, file_hash))
             p.address = address
             return p
         ep = client_endpoint(self.reactor, host, port, self.node.tls, timeout=CONNECT_TIMEOUT)

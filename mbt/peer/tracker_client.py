@@ -35,8 +35,11 @@ class TrackerClient:
     def __init__(self, trackers: List[TrackerAddress], reactor,
                  on_connected: Optional[Callable[["TrackerClient"], defer.Deferred]] = None,
                  notify: Callable[[str], None] = lambda msg: None, tls=None,
+                 on_time: Optional[Callable[[float, float, object], None]] = None,
                  on_push: Optional[Callable[[dict], None]] = None) -> None:
         self.trackers = trackers
+        #: ``on_time(sent, received, tracker_time)`` after every timed ping.
+        self.on_time = on_time
         self.on_push = on_push
         self.reactor = reactor
         self.on_connected = on_connected
@@ -120,7 +123,7 @@ class TrackerClient:
         self._ever_connected = True
         # A ping first: it proves the other end speaks our protocol and, with TLS,
         # that the handshake (certificate checks included) went through.
-        d = self._with_timeout(proto, proto.request("ping"))
+        d = self._timed_ping(proto)
         d.addCallback(lambda _: self.on_connected(self) if self.on_connected else None)
 
         def done(result):
@@ -144,9 +147,19 @@ class TrackerClient:
         """A ping every KEEPALIVE seconds: the tracker closes idle connections."""
         def ping():
             if self.proto is proto and proto.connected:
-                self._with_timeout(proto, proto.request("ping")).addErrback(lambda f: None)
+                self._timed_ping(proto).addErrback(lambda f: None)
                 self._schedule_keepalive(proto)
         self.reactor.callLater(self.keepalive, ping)
+
+    def _timed_ping(self, proto: TrackerClientProtocol) -> defer.Deferred:
+        """A ping that also asks the tracker's clock (``mbt.trackertime``)."""
+        sent = self.reactor.seconds()
+
+        def answered(result):
+            if self.on_time is not None:
+                self.on_time(sent, self.reactor.seconds(), result.get("time"))
+            return result
+        return self._with_timeout(proto, proto.request("ping", time=True)).addCallback(answered)
 
     def _lost(self, proto: TrackerClientProtocol) -> None:
         if proto is not self.proto:

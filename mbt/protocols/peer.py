@@ -6,26 +6,32 @@ single spaces. See ``docs/protocol.rst`` for the full grammar.
 
 Downloader -> server::
 
-    HELLO mbt/1 <group> <file_hash> <user> [<ticket>]
+    HELLO mbt/2 <group> <file_hash> <user> <ticket>
+    PROOF <signature>                 (answer to CHALLENGE: the ticket's key signed it)
     REQUEST <index> <offset> <length>
     CANCEL <index> <offset> <length>
     PING
 
 Server -> downloader::
 
-    BITFIELD <piece_count> <hex>      (answer to HELLO)
+    CHALLENGE <hex>                   (answer to HELLO: prove you hold the ticket's key)
+    BITFIELD <piece_count> <hex>      (answer to PROOF)
     ERROR <reason...>                 (then the server closes)
     HAVE <index>                      (a piece was verified on the server)
     CHOKE / UNCHOKE                   (upload slot taken away / granted)
     PIECE <index> <offset> <length>   followed by exactly <length> raw bytes
     REJECT <index> <offset> <length>  (request dropped: choked or not available)
     PING
+
+Which side dialled does not matter: a seeder that cannot accept connections
+dials the downloader and opens with ``CALLBACK <token>`` (connect-back), or
+both dial a relay (``mbt.relay``); the downloader then speaks first as above.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from twisted.internet import interfaces, main, protocol, tcp
 from twisted.logger import Logger
@@ -35,12 +41,13 @@ from zope.interface import implementer
 from mbt.errors import MbtError
 from mbt.manifest import MAX_FILE_SIZE, piece_count
 from mbt.protocols.direct import DirectWriter
+from mbt.tickets import new_challenge, verify_proof
 from mbt.peer.storage import bitfield_hex, parse_bitfield
 from mbt.protocols.limits import HangUp, HostCounts
 
 log = Logger(namespace="mbt.peer.wire")
 
-PROTOCOL_VERSION = "mbt/1"
+PROTOCOL_VERSION = "mbt/2"
 #: Largest block one REQUEST may ask for (and one PIECE may carry).
 MAX_BLOCK = 1024 * 1024
 #: Requests one downloader may have queued at a server.
@@ -77,7 +84,7 @@ def _ints(parts, n):
 
 
 def hello_line(group: str, file_hash: str, user: Optional[str], ticket: Optional[str]) -> bytes:
-    """The downloader's first line: ``HELLO mbt/1 <group> <file_hash> <user> [<ticket>]``."""
+    """The downloader's first line: ``HELLO mbt/2 <group> <file_hash> <user> <ticket>``."""
     line = "HELLO %s %s %s %s" % (PROTOCOL_VERSION, group, file_hash, user or "-")
     if ticket:
         line += " " + ticket
@@ -108,6 +115,11 @@ class PeerServerProtocol(LineReceiver):
         self.send_paused = False
         self.queue: "OrderedDict[tuple, None]" = OrderedDict()
         self.ticket_expires: Optional[float] = None
+        self.holder: Optional[str] = None       # the session key the downloader proved it holds
+        self._pending = None                    # HELLO accepted, waiting for its PROOF
+        self._delegate = None                   # connect-back: this connection downloads instead
+        #: A first line to send (connect-back: ``CALLBACK <token>``).
+        self.preamble: Optional[bytes] = None
         self._expiry = None
         self._timeout = None
         self._last_activity = 0.0
@@ -127,9 +139,13 @@ class PeerServerProtocol(LineReceiver):
         self._keepalive = None
         self.transport.registerProducer(self, True)
         self.factory.opened(self)
+        if self.preamble is not None:
+            self.sendLine(self.preamble)
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.connected = 0      # Twisted leaves it set; our senders check it
+        if self._delegate is not None:
+            return self._delegate.connectionLost(reason)
         self.factory.closed(self)
         for t in (self._timeout, self._keepalive, self._expiry):
             if t is not None and t.active():
@@ -191,7 +207,13 @@ class PeerServerProtocol(LineReceiver):
             return self._close("non-ASCII control line")
         parts = text.split(" ")
         verb = parts[0]
+        if self._pending is not None:
+            if verb != "PROOF" or len(parts) != 2:
+                return self._close("expected PROOF, got %r" % verb[:20])
+            return self._proof(parts[1])
         if self.servable is None:
+            if verb == "CALLBACK" and len(parts) == 2 and self.preamble is None:
+                return self._callback(parts[1])
             if verb != "HELLO":
                 return self._close("expected HELLO, got %r" % verb[:20])
             return self._hello(parts[1:])
@@ -211,16 +233,36 @@ class PeerServerProtocol(LineReceiver):
             self._close("malformed %s: %s" % (verb[:20], e))
 
     def _hello(self, args) -> None:
+        if len(args) in (4, 5) and args[0] == "mbt/1":
+            # An older downloader: its tickets name addresses, which NAT breaks.
+            self.sendLine(b"ERROR this peer speaks mbt/2 (tickets bound to keys); upgrade mbt to download from it")
+            return self._close("mbt/1 HELLO")
         if len(args) not in (4, 5) or args[0] != PROTOCOL_VERSION:
-            self.sendLine(b"ERROR bad HELLO; expected: HELLO mbt/1 <group> <file_hash> <user> [ticket]")
+            self.sendLine(b"ERROR bad HELLO; expected: HELLO mbt/2 <group> <file_hash> <user> <ticket>")
             return self._close("bad HELLO")
         _, group, file_hash, user = args[:4]
         ticket = args[4] if len(args) == 5 else None
+        node = self.factory.node
         try:
-            servable = self.factory.node.open_servable(group, file_hash, user, ticket, self.remote)
+            servable = node.open_servable(group, file_hash, user, ticket, self.remote)
+            holder = node.ticket_holder(ticket)
         except MbtError as e:
             self.sendLine(("ERROR " + e.message).encode("ascii", "replace"))
             return self._close("refused HELLO: %s" % e.message)
+        # The ticket is good; is the downloader the one it was issued to?
+        challenge = new_challenge()
+        self._pending = (servable, user, ticket, holder, challenge)
+        self.sendLine(b"CHALLENGE " + challenge.encode("ascii"))
+
+    def _proof(self, proof: str) -> None:
+        servable, user, ticket, holder, challenge = self._pending
+        self._pending = None
+        try:
+            verify_proof(holder, challenge, servable.group, servable.manifest.file_hash, user, proof)
+        except MbtError as e:
+            self.sendLine(("ERROR " + e.message).encode("ascii", "replace"))
+            return self._close("refused PROOF: %s" % e.message)
+        self.holder = holder
         self.servable = servable
         self.user = user
         self.factory.hello_accepted(self)
@@ -240,8 +282,11 @@ class PeerServerProtocol(LineReceiver):
         if len(args) != 1:
             return self._close("malformed TICKET")
         try:
-            self.factory.node.open_servable(self.servable.group, self.servable.manifest.file_hash,
-                                            self.user, args[0], self.remote)
+            node = self.factory.node
+            node.open_servable(self.servable.group, self.servable.manifest.file_hash,
+                               self.user, args[0], self.remote)
+            if node.ticket_holder(args[0]) != self.holder:
+                raise MbtError("renewed ticket is for another key", "bad_ticket")
         except MbtError as e:
             self.sendLine(("ERROR " + e.message).encode("ascii", "replace"))
             return self._close("refused TICKET: %s" % e.message)
@@ -254,7 +299,8 @@ class PeerServerProtocol(LineReceiver):
             self._expiry.cancel()
         self._expiry = None
         if expires is not None:
-            delay = max(0.0, expires - self.factory.clock.seconds())
+            # ``expires`` is in tracker time: the delay is the same on any clock.
+            delay = max(0.0, expires - self.factory.now())
             self._expiry = self.factory.clock.callLater(delay, self._ticket_ran_out)
 
     def _ticket_ran_out(self) -> None:
@@ -264,7 +310,7 @@ class PeerServerProtocol(LineReceiver):
             self._close("ticket expired")
 
     def _request(self, index: int, offset: int, length: int) -> None:
-        if self.ticket_expires is not None and self.factory.clock.seconds() >= self.ticket_expires:
+        if self.ticket_expires is not None and self.factory.now() >= self.ticket_expires:
             # Membership is proven for a ticket's lifetime only: no renewal, no bytes.
             self.sendLine(b"ERROR ticket expired")
             return self._close("ticket expired")
@@ -317,6 +363,31 @@ class PeerServerProtocol(LineReceiver):
         """A block could not be sent from disk (the connection is already aborted)."""
         log.warn("cannot send from {path}: {err}", path=self.servable.piece_file.path, err=err)
         self.factory.node.servable_broken(self.servable, str(err))
+
+    # -- connect-back: the dialler serves, so this connection downloads ------
+
+    def _callback(self, token: str) -> None:
+        """``CALLBACK <token>``: a seeder we asked for (``connect_peer``) dialled us."""
+        client = self.factory.node.take_callback(token) if hasattr(self.factory.node, "take_callback") else None
+        if client is None:
+            return self._close("unknown CALLBACK token")
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+        self.factory.closed(self)
+        self.transport.unregisterProducer()
+        if self._direct is not None:
+            # Nothing was sent yet: give the transport its own write path back.
+            self._direct = None
+            self.transport.__dict__.pop("doWrite", None)
+        self._delegate = client
+        # Everything from now on belongs to the downloading side.
+        self.setRawMode()
+        client.makeConnection(self.transport)
+
+    def rawDataReceived(self, data) -> None:
+        if self._delegate is not None:
+            self._delegate.dataReceived(data)
 
     def pauseProducing(self) -> None:
         self.send_paused = True
@@ -384,6 +455,8 @@ class PeerServerFactory(protocol.ServerFactory):
     def __init__(self, node, clock, upload_slots: int = 16, limiter=None) -> None:
         self.node = node
         self.clock = clock
+        # Ticket times are the trackers' (the node knows our offset to them).
+        self.now = getattr(node, "tracker_now", clock.seconds)
         self.slots = UploadSlots(upload_slots)
         self.limiter = limiter
         self.connections = set()
@@ -454,10 +527,15 @@ class PeerClientProtocol(LineReceiver):
     #: describe (1 TiB: 2**21 pieces, 512 KiB of hex).
     MAX_LENGTH = len("BITFIELD %d " % piece_count(MAX_FILE_SIZE)) + 2 * ((piece_count(MAX_FILE_SIZE) + 7) // 8)
 
-    def __init__(self, download, hello: bytes, clock) -> None:
+    def __init__(self, download, hello: bytes, clock,
+                 prove: Optional[Callable[[str], str]] = None) -> None:
         self.download = download
         self.hello = hello
         self.clock = clock
+        #: Signs the server's challenge with our session key (``PROOF``).
+        self.prove = prove
+        #: How this connection came about: direct, connect-back or relay.
+        self.via = "direct"
         self.ready = False
         self.choked = True
         self._block = None
@@ -529,6 +607,8 @@ class PeerClientProtocol(LineReceiver):
                     have = parse_bitfield(parts[2], count)
                     self.ready = True
                     self.download.peer_ready(self, have)
+                elif verb == "CHALLENGE" and len(parts) == 2 and self.prove is not None:
+                    self.sendLine(b"PROOF " + self.prove(parts[1]).encode("ascii"))
                 elif verb == "ERROR":
                     self.abort("refused: " + " ".join(parts[1:])[:200])
                 else:
