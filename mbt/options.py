@@ -10,6 +10,7 @@ positional parts are given:
 ``mbt-client``         :class:`ClientCommandOptions`: ``IP:PORT TRACKER_INFO [flags]``
 ``twistd mbt-peer``    :class:`PeerOptions`: ``--address IP:PORT --info TRACKER_INFO
                        --console ENDPOINT [--manhole ENDPOINT] [flags]``
+``twistd mbt-relay``   :class:`RelayOptions`: ``--listen ENDPOINT [flags]``
 =====================  ==========================================================
 
 To give both front ends of a program a new flag, add one line to
@@ -306,3 +307,35 @@ def loopback_by_default(endpoint: Optional[str]) -> Optional[str]:
     if endpoint and endpoint.startswith("tcp:") and "interface=" not in endpoint:
         return endpoint + ":interface=127.0.0.1"
     return endpoint
+
+
+# ---------------------------------------------------------------------------
+# relay
+
+
+class RelayOptions(_Options):
+    """``twistd -n mbt-relay --listen ENDPOINT [--rate R] [--total-rate R] [--max-pairs N] [TLS flags]``."""
+
+    synopsis = "--listen ENDPOINT [--rate R] [--total-rate R] [--max-pairs N] [TLS flags]"
+    optParameters = [
+        ["listen", "l", None, "where to accept peers, a Twisted endpoint, e.g. tcp:7400"],
+        ["rate", "r", "0", "bytes/s each connection may send, e.g. 10M (0 = no limit)"],
+        ["total-rate", "t", "0", "bytes/s through the whole relay, e.g. 100M (0 = no limit)"],
+        ["max-pairs", None, "500", "pairs relayed at once"],
+    ] + TLS_PARAMETERS
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            raise usage.UsageError("--listen ENDPOINT is required (e.g. tcp:7400)")
+        for key in ("rate", "total-rate"):
+            try:
+                self[key] = parse_rate(self[key])
+            except ValueError as e:
+                raise usage.UsageError("--%s: %s" % (key, e))
+        try:
+            self["max-pairs"] = int(self["max-pairs"])
+            if self["max-pairs"] < 1:
+                raise ValueError
+        except ValueError:
+            raise usage.UsageError("--max-pairs must be a positive number")
+        self._check_tls()
