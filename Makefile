@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test browser-deps pg-deps bench bench-deps bench-compare clean
+.PHONY: nat-deps demo test browser-deps pg-deps bench bench-deps bench-compare clean
 
 $(STAMP): setup.py
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(VENV)/.code: $(STAMP) $(shell find mbt twisted -name '*.py' -o -name '*.js' -o
 demo: $(VENV)/.code
 	$(BIN)/python -m mbt.demo
 
-test: $(VENV)/.code browser-deps pg-deps
+test: $(VENV)/.code browser-deps pg-deps nat-deps
 	$(BIN)/python -m pytest -q tests
 
 # The web page's end-to-end tests drive a real headless Chromium (Debian's
@@ -37,6 +37,20 @@ browser-deps:
 	    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(BROWSER_PACKAGES); } \
 	    || echo "browser-deps: could not install $(BROWSER_PACKAGES); the browser tests will skip"; \
 	  else echo "browser-deps: $(BROWSER_PACKAGES) missing and not root; the browser tests will skip"; fi; \
+	fi
+
+# The NAT tests build network namespaces with nftables masquerade (tests/netlab.py)
+# and start peers under libfaketime: nftables, iproute2 and faketime, installed
+# here when missing and we are root (CI).
+NAT_PACKAGES := nftables iproute2 faketime
+nat-deps:
+	@if ! command -v nft >/dev/null || ! command -v ip >/dev/null || ! command -v faketime >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "nat-deps: installing $(NAT_PACKAGES) with apt-get"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y $(NAT_PACKAGES) \
+	    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(NAT_PACKAGES); } \
+	    || echo "nat-deps: could not install $(NAT_PACKAGES); the NAT tests will skip"; \
+	  else echo "nat-deps: $(NAT_PACKAGES) missing and not root; the NAT tests will skip"; fi; \
 	fi
 
 # The PostgreSQL-store tests start a private server from Debian's postgresql

@@ -103,8 +103,10 @@ class Console(Process):
     """An ``mbt-client`` whose console is driven through pipes."""
 
     def __init__(self, address: str, info: str, state_dir: str, cwd: Optional[str] = None,
-                 extra: Optional[List[str]] = None, log: Optional[str] = None, echo=None) -> None:
-        argv = [bin_path("mbt-client"), address, info, "--state-dir", state_dir] + (extra or [])
+                 extra: Optional[List[str]] = None, log: Optional[str] = None, echo=None,
+                 prefix: Optional[List[str]] = None) -> None:
+        # ``prefix``: e.g. ``ip netns exec NS`` or ``faketime +10m`` (tests).
+        argv = (prefix or []) + [bin_path("mbt-client"), address, info, "--state-dir", state_dir] + (extra or [])
         super().__init__(argv, cwd=cwd, log=log, pipe_stdout=True)
         self.address = address
         self.buf = ""

@@ -94,6 +94,7 @@ class Download:
         self.piece_file: Optional[PieceFile] = None
         self.servable: Optional[Servable] = None
         self.swarm = Swarm(node, self, reactor, self.rng)
+        self._told_unusable = False     # the "cannot download from any peer" notice was given
         self.buffers: Dict[int, bytearray] = {}
         self._spare: list = []      # verified pieces' buffers, reused (no zeroing, no page faults)
         self.inplace: Dict[tuple, PeerClientProtocol] = {}   # (index, offset) -> writer
@@ -304,7 +305,14 @@ class Download:
             return
         else:
             waited = now - self.last_peer_time
-            if waited > 5:
+            problems = self.swarm.problems()
+            if waited > 5 and problems:
+                # Every known peer refused us or cannot be reached: say why, once on the console.
+                self.note = "; ".join(problems)
+                if not self._told_unusable:
+                    self._told_unusable = True
+                    self.node.notify("cannot download %s from any peer: %s" % (self.record.name, self.note))
+            elif waited > 5:
                 self.note = "no peer sharing it right now; waiting %ds" % waited
         self.swarm.tick(now, len(ready))
         if self.status != "D":
@@ -323,6 +331,8 @@ class Download:
 
     def peer_ready(self, conn: PeerClientProtocol, have: Set[int]) -> None:
         self.note = ""
+        self.swarm.peer_problems.pop(conn.address, None)
+        self._told_unusable = False
         self.picker.add_peer(conn, have)
         self._fill(conn)
 
@@ -341,6 +351,8 @@ class Download:
 
     def peer_error(self, conn: PeerClientProtocol, reason: str) -> None:
         log.info("peer {a}: {reason}", a=conn.address, reason=reason)
+        if reason.startswith("refused: "):
+            self.swarm.peer_problems[conn.address] = "%s (%s)" % (reason[:120], conn.address)
 
     def peer_lost(self, conn: PeerClientProtocol) -> None:
         for key in [k for k, w in self.inplace.items() if w is conn]:

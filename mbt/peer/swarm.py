@@ -71,6 +71,10 @@ class Swarm:
         self.connecting: Set[str] = set()
         self.banned_addresses: Set[str] = set()
         self.known_peers: Dict[str, str] = {}    # address -> user
+        #: address -> (tracker session handle, reachable as the tracker found it)
+        self.peer_routes: Dict[str, tuple] = {}
+        #: address -> why we cannot use that peer now ("refused: ...", "unreachable: ...")
+        self.peer_problems: Dict[str, str] = {}
         self.ticket = None
         self.announced = False
         self.all_banned_since = None
@@ -132,6 +136,8 @@ class Swarm:
                 addr = p.get("address")
                 if isinstance(addr, str) and addr != self.node.address:
                     self.known_peers[addr] = str(p.get("user", "?"))
+                    if isinstance(p.get("peer"), str):
+                        self.peer_routes[addr] = (p["peer"], p.get("reachable"))
             if self.known_peers:
                 # The tracker's word that we are a member, shown to every peer in HELLO.
                 self.ticket = yield self.node.get_ticket(self.record.group, self.file_hash)
@@ -201,6 +207,10 @@ class Swarm:
             host, port = parse_address(address)
         except ValueError:
             return
+        route = self.peer_routes.get(address)
+        if route is not None and route[1] is False:
+            # The tracker could not dial it: have it brought to us (connect-back or relay).
+            return self._reach(address, route[0])
         self.connecting.add(address)
         hello = hello_line(self.record.group, self.file_hash, self.node.user, self.ticket)
         group, file_hash = self.record.group, self.file_hash
@@ -223,7 +233,44 @@ class Swarm:
         def failed(f):
             self.connecting.discard(address)
             log.info("cannot connect to peer {a}: {why}", a=address, why=f.getErrorMessage())
+            self.peer_problems[address] = "unreachable: %s (%s)" % (address, f.getErrorMessage()[:80])
+            if route is not None and self.download.running:
+                self._reach(address, route[0])
         d.addCallbacks(connected, failed)
+
+    def _reach(self, address: str, peer_id: str) -> None:
+        """Connect-back or relay, arranged by the tracker (``mbt.peer.reaching``)."""
+        from mbt.peer.reaching import reach_through_tracker
+        self.connecting.add(address)
+        hello = hello_line(self.record.group, self.file_hash, self.node.user, self.ticket)
+        group, file_hash = self.record.group, self.file_hash
+        made = []
+
+        def build(via):
+            p = PeerClientProtocol(self.download, hello, self.reactor,
+                                   prove=lambda challenge: self.node.prove(challenge, group, file_hash))
+            p.address, p.via = address, via
+            made.append(p)
+            self.connecting.discard(address)
+            if self.download.running:
+                self.conns[address] = p
+            return p
+
+        def failed(reason):
+            self.connecting.discard(address)
+            for p in made:
+                if self.conns.get(address) is p and not p.ready:
+                    del self.conns[address]
+            self.peer_problems[address] = "unreachable: %s (%s)" % (address, reason[:80])
+            log.info("cannot reach peer {a}: {why}", a=address, why=reason)
+
+        d = reach_through_tracker(self.node, group, file_hash, peer_id, build, failed)
+        d.addErrback(lambda f: failed("tracker: %s" % f.getErrorMessage()))
+
+    def problems(self) -> List[str]:
+        """Why each known peer cannot be used, if every one of them cannot (else empty)."""
+        found = [self.peer_problems[a] for a in sorted(self.known_peers) if a in self.peer_problems]
+        return found if self.known_peers and len(found) == len(self.known_peers) else []
 
     def lost(self, conn: PeerClientProtocol) -> None:
         """``conn`` closed: forget it (a later refresh may connect again)."""
