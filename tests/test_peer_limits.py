@@ -11,6 +11,7 @@ from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
+from mbt.tickets import new_session_key, public_key_hex, sign_challenge
 from mbt.errors import MbtError
 from mbt.manifest import hash_file
 from mbt.peer.serving import Servable
@@ -28,6 +29,10 @@ class TicketNode:
     @staticmethod
     def ticket_expires(ticket):
         return None
+
+    @staticmethod
+    def ticket_holder(ticket):
+        return public_key_hex(KEY)
 
     def open_servable(self, group, file_hash, user, ticket, remote):
         if ticket != "good":
@@ -57,9 +62,20 @@ def connect(factory, host):
     return proto, transport
 
 
+KEY = new_session_key()
+
+
 def hello(proto, ticket="good"):
-    proto.dataReceived(b"HELLO mbt/1 club %s dan %s\n"
-                       % (proto.factory.node.servable.manifest.file_hash.encode(), ticket.encode()))
+    """HELLO, and the PROOF for the CHALLENGE that answers a good ticket (mbt/2)."""
+    file_hash = proto.factory.node.servable.manifest.file_hash
+    out = proto.transport.value()
+    proto.dataReceived(b"HELLO mbt/2 club %s dan %s\n" % (file_hash.encode(), ticket.encode()))
+    new = proto.transport.value()[len(out):]
+    if new.startswith(b"CHALLENGE "):
+        challenge = new.split(b"\n")[0].split(b" ")[1].decode()
+        proto.transport.clear()
+        proto.transport.write(out)
+        proto.dataReceived(b"PROOF %s\n" % sign_challenge(KEY, challenge, "club", file_hash, "dan").encode())
 
 
 def held(conns):
