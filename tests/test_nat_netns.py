@@ -6,7 +6,6 @@ from another namespace is refused; peers whose clocks are minutes off
 (libfaketime) still share, and a wildly wrong clock is told on the console.
 """
 
-import hashlib
 import os
 import shutil
 import sys
@@ -15,6 +14,7 @@ import time
 import pytest
 
 from mbt.driver import Console, Process, bin_path
+from mbt.manifest import hash_file
 from tests import netlab
 
 WHY = netlab.unavailable()
@@ -163,7 +163,7 @@ print(first.split(" ")[0], s.makefile("rb").readline().decode().strip())
 
 def test_a_ticket_replayed_from_another_namespace_is_refused(lab, procs, tmp_path):
     sam, fay, data = story(lab, procs, tmp_path)
-    file_hash = hashlib.sha256(data).hexdigest()
+    file_hash = hash_file(str(tmp_path / "sam" / "clip.bin")).file_hash
     # Fay's real ticket, issued at home B (another login of hers, with its own key)...
     got = lab.sh("homeB", sys.executable, "-c", REPLAY, TRACKER, "198.18.0.20:7000", file_hash)
     ticket = got.stdout.strip()
