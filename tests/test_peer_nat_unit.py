@@ -175,3 +175,12 @@ def test_no_partner_at_the_relay_gives_up():
     clock.advance(WAIT_FOR_PARTNER)
     h.connectionLost(None)
     assert failures == ["no partner at the relay in time"]
+
+
+def test_show_downloads_says_how_peers_are_reached():
+    from mbt.peer.commands import download_line
+    from mbt.peer.download import DownloadProgress
+    p = DownloadProgress("D", "club", "f.bin", "/d/f.bin", "", 42.0, 0.0, 2, True, "", "connect-back 1, relay 1")
+    assert download_line(p).startswith("[D] [club] f.bin  42% ") and "2 peers (connect-back 1, relay 1)" in download_line(p)
+    direct = DownloadProgress("D", "club", "f.bin", "/d/f.bin", "", 42.0, 0.0, 2, True, "")
+    assert "(" not in download_line(direct)

@@ -82,6 +82,8 @@ def download_line(p: DownloadProgress) -> str:
         # Not live: no rate, no peers (they would be stale figures).
         return "%s  %d%% paused until the next login" % (head, int(p.percent))
     line = "%s  %d%% %s %s" % (head, int(p.percent), _rate(p.rate), _plural(p.peers, "peer"))
+    if p.via:
+        line += " (%s)" % p.via         # how they are reached: direct, connect-back, relay
     if p.note:
         line += "  (%s)" % p.note
     return line

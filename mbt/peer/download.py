@@ -64,6 +64,7 @@ class DownloadProgress:
     peers: int          # usable connections
     running: bool       # False: paused until login
     note: str           # what it is waiting for, if anything
+    via: str = ""       # how peers are reached when not all directly: "connect-back 1, relay 1"
 
 
 class Download:
@@ -136,7 +137,14 @@ class Download:
         peers = sum(1 for c in self.swarm.conns.values() if c.ready)
         return DownloadProgress(self.status, self.record.group, self.record.name, self.record.dest,
                                 self.reason, self.percent(), self.meter.rate(), peers, self.running,
-                                self.note)
+                                self.note, self._via())
+
+    def _via(self) -> str:
+        """``connect-back 1, direct 2``; empty when every ready peer was dialled directly."""
+        ways = [getattr(c, "via", "direct") for c in self.swarm.conns.values() if c.ready]
+        if all(w == "direct" for w in ways):
+            return ""
+        return ", ".join("%s %d" % (w, ways.count(w)) for w in sorted(set(ways)))
 
     def piece_map(self) -> str:
         """One character per piece: ``v`` verified, ``f`` in flight (requested or
