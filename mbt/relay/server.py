@@ -26,6 +26,8 @@ MAX_HANDSHAKE = 200
 HANDSHAKE_TIMEOUT = 15.0
 #: Seconds an unpaired connection waits for its partner.
 PAIR_TIMEOUT = 60.0
+#: Bytes read from a socket at once.
+RELAY_READ = 1024 * 1024
 #: Bytes a waiting connection may send before it is paired (then it is closed).
 MAX_EARLY = 64 * 1024
 
@@ -45,6 +47,9 @@ class RelayProtocol(protocol.Protocol):
 
     def connectionMade(self) -> None:
         f = self.factory
+        if hasattr(self.transport, "bufferSize"):
+            # Fewer, larger reads (Twisted reads 64 KiB at a time by default).
+            self.transport.bufferSize = RELAY_READ
         self.allowance = Allowance(f.rate, f.clock.seconds())
         self._timer = f.clock.callLater(HANDSHAKE_TIMEOUT, self._refuse, "no handshake in time")
         f.connections.add(self)

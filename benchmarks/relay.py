@@ -1,0 +1,95 @@
+"""Relay throughput vs a direct TCP connection on loopback, and the relay's CPU per GB.
+
+    .venv/bin/python benchmarks/relay.py [--mb 512]
+
+Starts ``twistd -n mbt-relay`` on 127.0.0.1, pairs two sockets through it
+(``RELAY <token> serve|fetch``) and pushes ``--mb`` MiB one way, then the
+same over a direct loopback connection. Prints MB/s for both, their ratio
+(target >= 70 %) and the relay process's CPU seconds per GB (user+system,
+from /proc). The peer wire adds its own costs on top (both cases alike).
+"""
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from mbt.driver import bin_path, free_port, wait_port  # noqa: E402
+
+CHUNK = 1024 * 1024
+
+
+def pump(send: socket.socket, recv: socket.socket, total: int) -> float:
+    """Send ``total`` bytes over send->recv; seconds until the last byte arrived."""
+    block = os.urandom(CHUNK)
+
+    def writer():
+        left = total
+        while left:
+            n = min(left, CHUNK)
+            send.sendall(block[:n])
+            left -= n
+    t = threading.Thread(target=writer)
+    start = time.perf_counter()
+    t.start()
+    got = 0
+    buf = bytearray(4 * CHUNK)
+    while got < total:
+        n = recv.recv_into(buf)
+        if not n:
+            raise RuntimeError("connection closed after %d bytes" % got)
+        got += n
+    t.join()
+    return time.perf_counter() - start
+
+
+def cpu_seconds(pid: int) -> float:
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mb", type=int, default=512)
+    total = ap.parse_args().mb * 1024 * 1024
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        relay = subprocess.Popen([bin_path("twistd"), "-n", "--pidfile", "r.pid", "--logfile", "r.log",
+                                  "mbt-relay", "--listen", "tcp:%d:interface=127.0.0.1" % port], cwd=tmp)
+        try:
+            wait_port(port, 20, relay)
+            a = socket.create_connection(("127.0.0.1", port))
+            b = socket.create_connection(("127.0.0.1", port))
+            token = "bench-" + "x" * 20
+            a.sendall(("RELAY %s serve\n" % token).encode())
+            b.sendall(("RELAY %s fetch\n" % token).encode())
+            assert a.recv(3) == b"OK\n" and b.recv(3) == b"OK\n"
+            cpu0 = cpu_seconds(relay.pid)
+            relayed = pump(a, b, total)
+            cpu = cpu_seconds(relay.pid) - cpu0
+            a.close(), b.close()
+        finally:
+            relay.terminate()
+            relay.wait(10)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    c = socket.create_connection(srv.getsockname())
+    s, _ = srv.accept()
+    direct = pump(c, s, total)
+    c.close(), s.close(), srv.close()
+    mb = total / 1e6
+    print("direct loopback : %8.1f MB/s" % (mb / direct))
+    print("through mbt-relay: %8.1f MB/s  (%.0f %% of direct; target >= 70 %%)"
+          % (mb / relayed, 100.0 * direct / relayed))
+    print("relay CPU        : %8.2f s per GB relayed" % (cpu / (total / 1e9)))
+
+
+if __name__ == "__main__":
+    main()
