@@ -12,6 +12,7 @@ import select
 import socket
 import time
 
+from mbt.tickets import new_session_key, public_key_hex, sign_challenge
 from mbt.driver import Console, free_port
 from tests.test_e2e import start_tracker
 from tests.test_replication_integration import Client
@@ -94,7 +95,8 @@ def test_idle_connections_before_hello_cannot_lock_out_a_ticketed_downloader(pro
     assert ann.cmd("create_group g").startswith("group g created")
     ben = Client(port)
     ben.ok("create_user", user="ben", password="pw")
-    ben.ok("login", user="ben", password="pw", address="127.0.0.1:9")
+    key = new_session_key()
+    ben.ok("login", user="ben", password="pw", address="127.0.0.1:9", session_key=public_key_hex(key))
     ben.ok("join_group", group="g")
     assert ann.cmd("accept_request g ben") == "ben is now a member of g"
     assert ann.cmd("upload_file f.bin g").startswith("shared f.bin in g")
@@ -106,8 +108,12 @@ def test_idle_connections_before_hello_cannot_lock_out_a_ticketed_downloader(pro
         taken = held(attackers)
         honest = socket.create_connection(("127.0.0.1", peer_port), timeout=5)
         t0 = time.monotonic()
-        honest.sendall(b"HELLO mbt/1 g %s ben %s\n" % (file_hash.encode(), ticket.encode()))
+        honest.sendall(b"HELLO mbt/2 g %s ben %s\n" % (file_hash.encode(), ticket.encode()))
         answer = first_line(honest, 5.0)
+        if answer.startswith(b"CHALLENGE "):
+            proof = sign_challenge(key, answer.split(b" ")[1].decode(), "g", file_hash, "ben")
+            honest.sendall(b"PROOF %s\n" % proof.encode())
+            answer = first_line(honest, 5.0)
         waited = time.monotonic() - t0
         honest.close()
     finally:
