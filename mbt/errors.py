@@ -58,12 +58,6 @@ class TrackerUnavailable(MbtError):
     code = "tracker_unavailable"
 
 
-class ProtocolError(MbtError):
-    """A remote party broke the wire protocol; the connection is closed."""
-
-    code = "protocol_error"
-
-
 #: Ids of users and groups: 1-64 characters of letters, digits, ``.``, ``_``, ``-``,
 #: not starting with ``.`` (so an id is never ``.`` or ``..`` when used in a path).
 ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional
 
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
 from mbt.errors import MbtError, TrackerUnavailable
@@ -52,6 +52,7 @@ class TrackerClient:
         self._failures_in_row = 0
         self._running = False
         self._retry = None
+        self._keepalive: Optional[task.LoopingCall] = None
         self._waiters: List[defer.Deferred] = []
         self._announced_loss = False
         self._ever_connected = False
@@ -70,6 +71,7 @@ class TrackerClient:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
+        self._stop_keepalive()
         if self.proto is not None and self.proto.transport is not None:
             self.proto.on_lost = None
             self.proto.transport.loseConnection()
@@ -129,7 +131,7 @@ class TrackerClient:
         def done(result):
             if self.proto is proto and proto.connected:
                 self.ready = True
-                self._schedule_keepalive(proto)
+                self._start_keepalive(proto)
                 waiters, self._waiters = self._waiters, []
                 for w in waiters:
                     w.callback(proto)
@@ -143,13 +145,21 @@ class TrackerClient:
         d.addCallback(done)
         d.addErrback(failed)
 
-    def _schedule_keepalive(self, proto: TrackerClientProtocol) -> None:
-        """A ping every KEEPALIVE seconds: the tracker closes idle connections."""
+    def _start_keepalive(self, proto: TrackerClientProtocol) -> None:
+        """A ping every ``keepalive`` seconds: the tracker closes idle connections."""
+        self._stop_keepalive()
+
         def ping():
             if self.proto is proto and proto.connected:
                 self._timed_ping(proto).addErrback(lambda f: None)
-                self._schedule_keepalive(proto)
-        self.reactor.callLater(self.keepalive, ping)
+        self._keepalive = task.LoopingCall(ping)
+        self._keepalive.clock = self.reactor
+        self._keepalive.start(self.keepalive, now=False)
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        self._keepalive = None
 
     def _timed_ping(self, proto: TrackerClientProtocol) -> defer.Deferred:
         """A ping that also asks the tracker's clock (``mbt.trackertime``)."""
@@ -166,6 +176,7 @@ class TrackerClient:
             return
         self.proto = None
         self.ready = False
+        self._stop_keepalive()
         if not self._running:
             return
         log.info("lost connection to tracker {t}", t=str(self.current))

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mbt.errors import MbtError, TrackerUnavailable
-from mbt.protocols.jsonlines import encode  # noqa: F401  (re-exported: the one line encoder)
+from mbt.protocols.jsonlines import encode
 from mbt.protocols.limits import HangUp, HostCounts
 from mbt.protocols.lines import BoundedLineReceiver, LineBudget
 from mbt.protocols.sync import SYNC_MAX_LINE, is_sync_hello
@@ -299,14 +299,3 @@ class TrackerClientProtocol(BoundedLineReceiver):
                 d.errback(TrackerUnavailable("connection to the tracker was lost"))
         if self.on_lost is not None:
             self.on_lost(self)
-
-
-class TrackerClientFactory(protocol.Factory):
-    """Factory for :class:`TrackerClientProtocol` (used with endpoints)."""
-
-    protocol = TrackerClientProtocol
-
-    def buildProtocol(self, addr) -> Optional[TrackerClientProtocol]:
-        p = self.protocol()
-        p.factory = self
-        return p
