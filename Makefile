@@ -26,17 +26,21 @@ demo: $(VENV)/.code
 test: $(VENV)/.code browser-deps pg-deps nat-deps
 	$(BIN)/python -m pytest -q tests
 
+# $(call apt_install,WHO,PACKAGES,WHAT WILL SKIP): install Debian packages as root,
+# running `apt-get update` only when the first try fails; without root say what skips.
+apt_install = if [ "$$(id -u)" = 0 ]; then \
+	    echo "$(1): installing $(2) with apt-get"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y $(2) \
+	    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(2); } \
+	    || echo "$(1): could not install $(2); $(3) will skip"; \
+	  else echo "$(1): $(2) missing and not root; $(3) will skip"; fi
+
 # The web page's end-to-end tests drive a real headless Chromium (Debian's
 # chromium + chromium-driver): installed here when missing and we are root (CI).
 BROWSER_PACKAGES := chromium chromium-driver
 browser-deps:
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "browser-deps: installing $(BROWSER_PACKAGES) with apt-get"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y $(BROWSER_PACKAGES) \
-	    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(BROWSER_PACKAGES); } \
-	    || echo "browser-deps: could not install $(BROWSER_PACKAGES); the browser tests will skip"; \
-	  else echo "browser-deps: $(BROWSER_PACKAGES) missing and not root; the browser tests will skip"; fi; \
+	  $(call apt_install,browser-deps,$(BROWSER_PACKAGES),the browser tests); \
 	fi
 
 # The NAT tests build network namespaces with nftables masquerade (tests/netlab.py)
@@ -45,22 +49,14 @@ browser-deps:
 NAT_PACKAGES := nftables iproute2 faketime
 nat-deps:
 	@if ! command -v nft >/dev/null || ! command -v ip >/dev/null || ! command -v faketime >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "nat-deps: installing $(NAT_PACKAGES) with apt-get"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y $(NAT_PACKAGES) \
-	    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(NAT_PACKAGES); } \
-	    || echo "nat-deps: could not install $(NAT_PACKAGES); the NAT tests will skip"; \
-	  else echo "nat-deps: $(NAT_PACKAGES) missing and not root; the NAT tests will skip"; fi; \
+	  $(call apt_install,nat-deps,$(NAT_PACKAGES),the NAT tests); \
 	fi
 
 # The PostgreSQL-store tests start a private server from Debian's postgresql
 # binaries (tests/pgserver.py); installed here when missing (root, as in CI).
 pg-deps:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-	  echo "pg-deps: installing postgresql with apt-get"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql \
-	  || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; } \
-	  || echo "pg-deps: could not install postgresql (root and a network are needed)"; \
+	  $(call apt_install,pg-deps,postgresql,the PostgreSQL-store tests); \
 	fi
 
 # Benchmarks (docs/performance.rst). Extra options: make bench BENCH_ARGS="--big --runs 5".
@@ -80,10 +76,7 @@ bench: bench-deps
 bench-compare: bench-deps
 	@if ! /usr/bin/python3 -c 'import libtorrent' 2>/dev/null || ! command -v mktorrent >/dev/null \
 	    || ! command -v opentracker >/dev/null || ! test -x /usr/bin/time; then \
-	  echo "bench-compare: installing $(LT_PACKAGES) with apt-get"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y $(LT_PACKAGES) \
-	  || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(LT_PACKAGES); } \
-	  || echo "bench-compare: could not install $(LT_PACKAGES) (root and a network are needed)"; \
+	  $(call apt_install,bench-compare,$(LT_PACKAGES),the libtorrent half); \
 	fi
 	$(BIN)/python benchmarks/compare.py $(BENCH_ARGS)
 
