@@ -50,6 +50,13 @@ def security_headers(request) -> None:
     request.setHeader(b"referrer-policy", b"no-referrer")
 
 
+def plain_text(request, code: int, text: bytes) -> bytes:
+    """A short plain-text answer with status ``code`` (refusals and 404s)."""
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return text
+
+
 class WebApp:
     """What the resources share: the node, its command table, sessions, events."""
 
@@ -114,9 +121,7 @@ class PageResource(resource.Resource):
         security_headers(request)
         request.setHeader(b"cache-control", b"no-store")
         if request.postpath not in ([], [b""]):
-            request.setResponseCode(404)
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"no such page\n"
+            return plain_text(request, 404, b"no such page\n")
         session = self.app.session_for(request)
         if self.app.signed_in(session):
             who = "signed in as %s; tracker %s" % (session.user, self.app.tracker_text())
@@ -143,9 +148,7 @@ class StaticResource(resource.Resource):
         security_headers(request)
         name = request.postpath[0].decode("ascii", "replace") if len(request.postpath) == 1 else ""
         if name not in self.files:
-            request.setResponseCode(404)
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"no such file\n"
+            return plain_text(request, 404, b"no such file\n")
         request.setHeader(b"content-type", STATIC_TYPES[name])
         request.setHeader(b"cache-control", b"no-cache")     # revalidated: 304 while unchanged
         if request.setETag(self.etags[name]) == http.CACHED:
@@ -166,9 +169,7 @@ class EventsResource(resource.Resource):
         security_headers(request)
         session = self.app.session_for(request, create=False)
         if not self.app.signed_in(session):
-            request.setResponseCode(401)
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"not signed in\n"
+            return plain_text(request, 401, b"not signed in\n")
         self.app.events.add(request, session)
         return server.NOT_DONE_YET
 
@@ -372,9 +373,7 @@ class NotFound(resource.Resource):
 
     def render(self, request):
         security_headers(request)
-        request.setResponseCode(404)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"no such page\n"
+        return plain_text(request, 404, b"no such page\n")
 
 
 class Root(resource.Resource):
