@@ -25,6 +25,7 @@ from twisted.test import iosim
 from mbt.errors import MbtError
 from mbt.manifest import MAX_FILE_SIZE, PIECE_SIZE, Manifest, hash_file, piece_count, pieces_root
 from mbt.tickets import new_session_key, public_key_hex, sign_challenge
+from mbt.peer.picker import BLOCK_SIZE
 from mbt.peer.serving import Servable
 from mbt.peer.storage import PieceFile, bitfield_hex
 from mbt.protocols.peer import (HANDSHAKE_TIMEOUT, HELLO_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE_INTERVAL, MAX_BLOCK,
@@ -33,7 +34,7 @@ from mbt.protocols.peer import (HANDSHAKE_TIMEOUT, HELLO_TIMEOUT, IDLE_TIMEOUT, 
 
 SIZE = 2 * PIECE_SIZE + 1000          # three pieces, the last one 1000 bytes
 LAST = 1000
-BLOCK = 128 * 1024
+BLOCK = BLOCK_SIZE
 GROUP = "club"
 
 

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import task
 
+from mbt.peer.picker import BLOCK_SIZE as BLOCK
 from mbt.peer.ratelimit import RateMeter, TokenBucket, parse_rate
 
-BLOCK = 128 * 1024
 
 
 def greedy_send(rate: float, seconds: float, block: int = BLOCK, senders: int = 1, step: float = 0.001):

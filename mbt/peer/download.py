@@ -32,6 +32,7 @@ from mbt.peer.shares import DownloadRecord
 from mbt.peer.storage import PieceFile, UnsafePartFile, WholeFileHash
 from mbt.peer.swarm import Swarm
 from mbt.protocols.peer import PeerClientProtocol
+from mbt.timers import cancel_pending
 
 log = Logger(namespace="mbt.peer.download")
 
@@ -256,9 +257,7 @@ class Download:
         self.swarm.announce()
 
     def _stop_activity(self) -> None:
-        if self._ticker is not None and self._ticker.active():
-            self._ticker.cancel()
-        self._ticker = None
+        self._ticker = cancel_pending(self._ticker)
         self.swarm.disconnect_all()
 
     def fail(self, reason: str) -> None:

@@ -32,6 +32,7 @@ from mbt.peer.storage import PieceFile
 from mbt.peer.swarm import TICKET_REFRESH
 from mbt.peer.tracker_client import TrackerClient
 from mbt.protocols.peer import PeerServerFactory
+from mbt.timers import cancel_pending
 
 log = Logger(namespace="mbt.peer")
 
@@ -493,8 +494,7 @@ class PeerNode:
         if entry is None:
             return None
         build, timer = entry
-        if timer.active():
-            timer.cancel()
+        cancel_pending(timer)
         return build()
 
     def _tracker_push(self, message: dict) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import collections
 from typing import Callable, Deque, List, Optional, Tuple
 
+from mbt.timers import cancel_pending
+
 #: The bucket holds at most this many seconds' worth of tokens. A larger burst
 #: lets a short transfer go out far above the cap (1 MiB at 300 kB/s was 70 %
 #: too much over 5 s); a tenth of a second keeps any 5 s window within 2 %.
@@ -70,8 +72,7 @@ class TokenBucket:
         self._refill()
         self.rate = rate
         self.tokens = min(self.tokens, self._burst())
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        self._timer = cancel_pending(self._timer)
         self._wake()
 
     def _refill(self) -> None:

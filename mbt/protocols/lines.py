@@ -21,6 +21,8 @@ from typing import Dict, Optional
 
 from twisted.internet import protocol
 
+from mbt.timers import cancel_pending
+
 #: Bytes of an unfinished line every connection may hold without a charge.
 FREE_BYTES = 64 * 1024
 
@@ -136,10 +138,7 @@ class BoundedLineReceiver(protocol.Protocol):
         if self._charged and self.budget is not None:
             self.budget.release(self.budget_host, self._charged)
         self._charged = 0
-        if self._deadline is not None:
-            if self._deadline.active():
-                self._deadline.cancel()
-            self._deadline = None
+        self._deadline = cancel_pending(self._deadline)
 
     def _too_slow(self) -> None:
         self._deadline = None
@@ -153,10 +152,7 @@ class BoundedLineReceiver(protocol.Protocol):
         self._charged = 0
         self.budget = None
         self.LONG_LINE_DEADLINE = None
-        if self._deadline is not None:
-            if self._deadline.active():
-                self._deadline.cancel()
-            self._deadline = None
+        self._deadline = cancel_pending(self._deadline)
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self._reset_partial()

@@ -35,6 +35,7 @@ from mbt.tls import client_endpoint
 from mbt.protocols.jsonlines import encode
 from mbt.protocols.lines import BoundedLineReceiver
 from mbt.trackerinfo import TrackerAddress
+from mbt.timers import cancel_pending
 
 log = Logger(namespace="mbt.tracker.sync")
 
@@ -236,9 +237,7 @@ class SyncChannel:
             self._refuse("did not authenticate within %.0f s" % HANDSHAKE_TIMEOUT)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._timer = cancel_pending(self._timer)
 
 
 class SyncClientProtocol(BoundedLineReceiver):
@@ -302,9 +301,7 @@ class _Dialer:
         self._schedule(0)
 
     def stop(self) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        self.timer = cancel_pending(self.timer)
         if self.attempt is not None:
             self.attempt.cancel()
 

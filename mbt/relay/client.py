@@ -12,6 +12,8 @@ from typing import Callable, Optional
 from twisted.internet import protocol
 from twisted.logger import Logger
 
+from mbt.timers import cancel_pending
+
 log = Logger(namespace="mbt.relay.client")
 
 #: Seconds to wait for the partner (a little more than the relay's own wait).
@@ -68,9 +70,7 @@ class RelayHandshake(protocol.Protocol):
             self.inner.dataReceived(rest)
 
     def _stop_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._timer = cancel_pending(self._timer)
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self._stop_timer()

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mbt.relay.pairing import Allowance, Pairing, RelayRefused, parse_handshake
+from mbt.timers import cancel_pending
 
 log = Logger(namespace="mbt.relay")
 
@@ -55,9 +56,7 @@ class RelayProtocol(protocol.Protocol):
         f.connections.add(self)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._timer = cancel_pending(self._timer)
 
     def _refuse(self, reason: str) -> None:
         self._cancel_timer()
@@ -143,9 +142,7 @@ class RelayProtocol(protocol.Protocol):
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.connected = 0
         self._cancel_timer()
-        if self._rate_timer is not None and self._rate_timer.active():
-            self._rate_timer.cancel()
-        self._rate_timer = None
+        self._rate_timer = cancel_pending(self._rate_timer)
         f = self.factory
         f.connections.discard(self)
         partner, self.partner = self.partner, None

@@ -20,6 +20,7 @@ from typing import Dict
 from twisted.logger import Logger
 
 from mbt.tracker.state import Session, TrackerState
+from mbt.timers import cancel_pending
 
 log = Logger(namespace="mbt.tracker.presence")
 
@@ -81,9 +82,7 @@ class PresenceGossip:
     def link_up(self, number: int, link) -> None:
         """A link to tracker ``number`` is up: send it everything we hold."""
         self.links[number] = link
-        timer = self._expiry_timers.pop(number, None)
-        if timer is not None and timer.active():
-            timer.cancel()
+        cancel_pending(self._expiry_timers.pop(number, None))
         sessions = [{"sid": s.session_id, "user": s.user, "address": s.address,
                      "shares": sorted([g, n] for g, n in s.shares)}
                     for s in sorted(self.state.local_sessions(), key=lambda s: s.session_id)]
@@ -92,9 +91,7 @@ class PresenceGossip:
     def link_down(self, number: int) -> None:
         """The link to tracker ``number`` is gone: forget its sessions after ``expiry``."""
         self.links.pop(number, None)
-        old = self._expiry_timers.pop(number, None)
-        if old is not None and old.active():
-            old.cancel()
+        cancel_pending(self._expiry_timers.pop(number, None))
         self._expiry_timers[number] = self.clock.callLater(self.expiry, self._expire, number)
 
     def _expire(self, number: int) -> None:
@@ -132,6 +129,5 @@ class PresenceGossip:
     def stop(self) -> None:
         """Cancel pending expiries (shutdown)."""
         for timer in self._expiry_timers.values():
-            if timer.active():
-                timer.cancel()
+            cancel_pending(timer)
         self._expiry_timers.clear()

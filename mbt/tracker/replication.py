@@ -40,6 +40,7 @@ from mbt.tracker.login_budget import SharedLoginGuard
 from mbt.tracker.presence import PRESENCE_EXPIRY, PresenceGossip
 from mbt.tracker.sequencer import RecentResults, Sequencer
 from mbt.tracker.state import TrackerState
+from mbt.timers import cancel_pending
 
 log = Logger(namespace="mbt.tracker.replication")
 
@@ -185,14 +186,12 @@ class Replicator:
         """Stop timers; client requests still waiting fail with ``catching_up``."""
         self._stopped = True
         for timer in [self._tick_timer] + [p.timer for p in self._pending.values()]:
-            if timer is not None and timer.active():
-                timer.cancel()
+            cancel_pending(timer)
         self.sequencer.stop()
         self.presence.stop()
         waiters, self._serving_waiters = self._serving_waiters, []
         for d, timer in waiters:
-            if timer.active():
-                timer.cancel()
+            cancel_pending(timer)
             d.errback(catching_up(self.number))
 
     def _tick(self) -> None:
@@ -251,8 +250,7 @@ class Replicator:
             return
         waiters, self._serving_waiters = self._serving_waiters, []
         for d, timer in waiters:
-            if timer.active():
-                timer.cancel()
+            cancel_pending(timer)
             d.callback(None)
 
     @property
@@ -309,8 +307,7 @@ class Replicator:
             return
         if self.role == LEADING:
             del self._pending[oid]
-            if proposal.timer is not None and proposal.timer.active():
-                proposal.timer.cancel()
+            proposal.timer = cancel_pending(proposal.timer)
             self.sequencer.write(proposal.op).chainDeferred(_fan_out(proposal.waiters))
         elif self.role == FOLLOWING and self.leader in self.peers and proposal.sent_to != self.leader:
             proposal.sent_to = self.leader
@@ -683,8 +680,7 @@ class Replicator:
             proposal.sent_to = None             # wait for the next leader
             return
         del self._pending[pid]
-        if proposal.timer is not None and proposal.timer.active():
-            proposal.timer.cancel()
+        proposal.timer = cancel_pending(proposal.timer)
         if isinstance(err, dict):
             failure = Failure(MbtError(str(err.get("message", "tracker error")), str(err.get("code", "error"))))
             for d in proposal.waiters:

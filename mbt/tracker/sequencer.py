@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from mbt.tracker.oplog import OpLog
 from mbt.tracker.state import TrackerState
+from mbt.timers import cancel_pending
 
 log = Logger(namespace="mbt.tracker.replication")
 
@@ -157,8 +158,7 @@ class Sequencer:
         self._writes = [w for w in self._writes if w.waiting]
         for w in done:
             self._by_oid.pop(w.oid, None)
-            if w.timer is not None and w.timer.active():
-                w.timer.cancel()
+            w.timer = cancel_pending(w.timer)
             for d in w.waiters:
                 d.callback(dict(w.result))
 
@@ -222,12 +222,10 @@ class Sequencer:
         self.replicas.clear()
         writes, self._writes, self._by_oid = self._writes, [], {}
         for w in writes:
-            if w.timer is not None and w.timer.active():
-                w.timer.cancel()
+            w.timer = cancel_pending(w.timer)
         return writes
 
     def stop(self) -> None:
         """Cancel every timer (shutdown)."""
         for timer in [self._barrier_timer] + [w.timer for w in self._writes]:
-            if timer is not None and timer.active():
-                timer.cancel()
+            cancel_pending(timer)
