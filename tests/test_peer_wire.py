@@ -297,6 +297,26 @@ def test_handshake_timeout_closes(make_conn, servable, clock):
     assert clock.getDelayedCalls() == []
 
 
+def test_a_hello_without_its_proof_still_times_out_at_the_hello_deadline(make_conn, servable, clock):
+    conn = make_conn(FakeNode(servable))
+    conn.auto_prove = False
+    clock.advance(HELLO_TIMEOUT - 1)
+    conn.hello(servable.manifest)          # answered with CHALLENGE; the deadline is not moved
+    assert conn.messages()[0].startswith("CHALLENGE ")
+    clock.advance(1.01)
+    assert conn.closed
+    conn.lose()
+    assert clock.getDelayedCalls() == []
+
+
+def test_an_accepted_downloader_leaving_stops_the_keepalive_and_idle_timers(ready_conn, clock):
+    assert clock.getDelayedCalls()            # idle timeout and keep-alive are running
+    ready_conn.lose()
+    assert clock.getDelayedCalls() == []
+    clock.advance(10 * IDLE_TIMEOUT)
+    assert ready_conn.messages() == []        # no PING after the loss
+
+
 def test_idle_timeout_after_hello_and_ping_resets_it(ready_conn, clock):
     clock.advance(HANDSHAKE_TIMEOUT + 1)        # the handshake deadline no longer applies
     assert not ready_conn.closed

@@ -224,6 +224,17 @@ def test_silent_and_idle_connections_are_closed(tracker):
     assert talker.transport.disconnecting
 
 
+def test_a_closed_connection_leaves_no_timer_behind(tracker):
+    from twisted.internet import task
+    clock = task.Clock()
+    tracker.core.clock = clock
+    c = tracker.connect()
+    assert c.send_raw(b'{"id": 1, "op": "ping"}\n') == [{"id": 1, "ok": {}}]
+    assert len(clock.getDelayedCalls()) == 1        # the idle timeout
+    c.lose()
+    assert clock.getDelayedCalls() == []
+
+
 @pytest.mark.parametrize("line, code", [
     (b"\xff\xfe\x00\x01garbage", "bad_json"),
     (b"\x00\x00\x00\x00", "bad_json"),

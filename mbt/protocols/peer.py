@@ -33,9 +33,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable, Dict, Optional
 
-from twisted.internet import interfaces, main, protocol, tcp
+from twisted.internet import interfaces, main, protocol, task, tcp
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from mbt.errors import MbtError
@@ -44,6 +45,7 @@ from mbt.protocols.direct import DirectWriter
 from mbt.tickets import new_challenge, verify_proof
 from mbt.peer.storage import bitfield_hex, parse_bitfield
 from mbt.protocols.limits import HangUp, HostCounts
+from mbt.timers import cancel_pending
 
 log = Logger(namespace="mbt.peer.wire")
 
@@ -91,6 +93,17 @@ def hello_line(group: str, file_hash: str, user: Optional[str], ticket: Optional
     return line.encode("ascii")
 
 
+def _keepalive(proto, clock) -> task.LoopingCall:
+    """A ``PING`` every KEEPALIVE_INTERVAL seconds on ``proto`` (first one after a full interval)."""
+    def ping() -> None:
+        if proto.connected:
+            proto.sendLine(b"PING")
+    loop = task.LoopingCall(ping)
+    loop.clock = clock
+    loop.start(KEEPALIVE_INTERVAL, now=False)
+    return loop
+
+
 def _tune(transport) -> None:
     if hasattr(transport, "bufferSize"):
         transport.bufferSize = TRANSPORT_BUFFER
@@ -101,8 +114,13 @@ def _tune(transport) -> None:
 
 
 @implementer(interfaces.IPushProducer)
-class PeerServerProtocol(LineReceiver):
-    """Serves one file to one downloader, reading blocks from disk on demand."""
+class PeerServerProtocol(LineReceiver, TimeoutMixin):
+    """Serves one file to one downloader, reading blocks from disk on demand.
+
+    Timeouts (``TimeoutMixin`` on the factory's clock): HELLO_TIMEOUT for the
+    HELLO and its PROOF, then IDLE_TIMEOUT from the downloader's last line; a
+    ``PING`` every KEEPALIVE_INTERVAL once the downloader is accepted.
+    """
 
     delimiter = b"\n"
     MAX_LENGTH = 4096
@@ -121,8 +139,7 @@ class PeerServerProtocol(LineReceiver):
         #: A first line to send (connect-back: ``CALLBACK <token>``).
         self.preamble: Optional[bytes] = None
         self._expiry = None
-        self._timeout = None
-        self._last_activity = 0.0
+        self._keepalive: Optional[task.LoopingCall] = None
         self._direct: Optional[DirectWriter] = None
 
     # -- connection --------------------------------------------------------
@@ -134,9 +151,8 @@ class PeerServerProtocol(LineReceiver):
             self._direct = DirectWriter(self.transport, self._send_queued, self._file_error)
         peer = self.transport.getPeer()
         self.remote = "%s:%s" % (getattr(peer, "host", "?"), getattr(peer, "port", "?"))
-        clock = self.factory.clock
-        self._timeout = clock.callLater(HELLO_TIMEOUT, self._expired)
-        self._keepalive = None
+        self.callLater = self.factory.clock.callLater
+        self.setTimeout(HELLO_TIMEOUT)
         self.transport.registerProducer(self, True)
         self.factory.opened(self)
         if self.preamble is not None:
@@ -147,10 +163,9 @@ class PeerServerProtocol(LineReceiver):
         if self._delegate is not None:
             return self._delegate.connectionLost(reason)
         self.factory.closed(self)
-        for t in (self._timeout, self._keepalive, self._expiry):
-            if t is not None and t.active():
-                t.cancel()
-        self._timeout = self._keepalive = self._expiry = None
+        self.setTimeout(None)
+        self._keepalive = cancel_pending(self._keepalive)
+        self._expiry = cancel_pending(self._expiry)
         self.queue.clear()
         if self.servable is not None:
             self.servable.unwatch(self)
@@ -160,9 +175,7 @@ class PeerServerProtocol(LineReceiver):
         log.info("closing peer connection from {remote}: {reason}", remote=getattr(self, "remote", "?"),
                  reason=reason)
         # Closing for a protocol error: the timer must not fire on a dead connection.
-        if self._timeout is not None and self._timeout.active():
-            self._timeout.cancel()
-        self._timeout = None
+        self.setTimeout(None)
         # Nothing more is sent once we hang up: drop queued requests and stop
         # producing, else a draining buffer would resume sending pieces (and
         # Twisted does not close while a producer is registered).
@@ -170,21 +183,10 @@ class PeerServerProtocol(LineReceiver):
         self.transport.unregisterProducer()
         self.transport.loseConnection()
 
-    def _expired(self) -> None:
-        self._timeout = None
+    def timeoutConnection(self) -> None:
+        """TimeoutMixin: no HELLO (and PROOF) in time, or an accepted downloader went quiet."""
         self._close("no HELLO in time" if self.servable is None
                     else "idle for %d s" % IDLE_TIMEOUT)
-
-    def _ping(self) -> None:
-        # Keeps a choked or quiet downloader from timing us out.
-        self._keepalive = None
-        if self.connected:
-            self.sendLine(b"PING")
-            self._keepalive = self.factory.clock.callLater(KEEPALIVE_INTERVAL, self._ping)
-
-    def _bump(self) -> None:
-        if self._timeout is not None and self._timeout.active():
-            self._timeout.reset(IDLE_TIMEOUT)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._close("line too long")
@@ -217,7 +219,7 @@ class PeerServerProtocol(LineReceiver):
             if verb != "HELLO":
                 return self._close("expected HELLO, got %r" % verb[:20])
             return self._hello(parts[1:])
-        self._bump()
+        self.resetTimeout()
         try:
             if verb == "REQUEST":
                 self._request(*_ints(parts[1:], 3))
@@ -267,8 +269,9 @@ class PeerServerProtocol(LineReceiver):
         self.user = user
         self.factory.hello_accepted(self)
         self._set_ticket_expiry(self.factory.node.ticket_expires(ticket))
-        self._timeout.reset(IDLE_TIMEOUT)
-        self._keepalive = self.factory.clock.callLater(KEEPALIVE_INTERVAL, self._ping)
+        self.setTimeout(IDLE_TIMEOUT)
+        # Keeps a choked or quiet downloader from timing us out.
+        self._keepalive = _keepalive(self, self.factory.clock)
         count = servable.manifest.pieces
         self.sendLine(("BITFIELD %d %s" % (count, bitfield_hex(servable.have, count))).encode("ascii"))
         servable.watch(self)
@@ -295,9 +298,7 @@ class PeerServerProtocol(LineReceiver):
     def _set_ticket_expiry(self, expires: Optional[float]) -> None:
         """Remember when the downloader's proof of membership runs out; hang up then."""
         self.ticket_expires = expires
-        if self._expiry is not None and self._expiry.active():
-            self._expiry.cancel()
-        self._expiry = None
+        self._expiry = cancel_pending(self._expiry)
         if expires is not None:
             # ``expires`` is in tracker time: the delay is the same on any clock.
             delay = max(0.0, expires - self.factory.now())
@@ -371,9 +372,7 @@ class PeerServerProtocol(LineReceiver):
         client = self.factory.node.take_callback(token) if hasattr(self.factory.node, "take_callback") else None
         if client is None:
             return self._close("unknown CALLBACK token")
-        if self._timeout is not None and self._timeout.active():
-            self._timeout.cancel()
-        self._timeout = None
+        self.setTimeout(None)
         self.factory.closed(self)
         self.transport.unregisterProducer()
         if self._direct is not None:
@@ -519,8 +518,13 @@ class PeerServerFactory(protocol.ServerFactory):
                 c.refuse(reason)
 
 
-class PeerClientProtocol(LineReceiver):
-    """Downloads one file from one server on behalf of a Download."""
+class PeerClientProtocol(LineReceiver, TimeoutMixin):
+    """Downloads one file from one server on behalf of a Download.
+
+    Timeouts (``TimeoutMixin`` on ``clock``): HANDSHAKE_TIMEOUT for the first
+    line, then IDLE_TIMEOUT from the server's last line; a ``PING`` every
+    KEEPALIVE_INTERVAL from the start.
+    """
 
     delimiter = b"\n"
     #: The longest line is the BITFIELD of the largest file a manifest may
@@ -544,8 +548,8 @@ class PeerClientProtocol(LineReceiver):
         self._got = 0
         self._target = None
         self._rbuf = None
-        self._timer = None
-        self._keepalive = None
+        self._keepalive: Optional[task.LoopingCall] = None
+        self.callLater = clock.callLater
         self.address = "?"
 
     def connectionMade(self) -> None:
@@ -554,35 +558,25 @@ class PeerClientProtocol(LineReceiver):
             self._rbuf = bytearray(TRANSPORT_BUFFER)
             self.transport.doRead = self._read_socket
         self.sendLine(self.hello)
-        self._timer = self.clock.callLater(HANDSHAKE_TIMEOUT, self._expired)
-        self._keepalive = self.clock.callLater(KEEPALIVE_INTERVAL, self._ping)
-
-    def _ping(self) -> None:
-        self._keepalive = None
-        if self.connected:
-            self.sendLine(b"PING")
-            self._keepalive = self.clock.callLater(KEEPALIVE_INTERVAL, self._ping)
+        self.setTimeout(HANDSHAKE_TIMEOUT)
+        self._keepalive = _keepalive(self, self.clock)
 
     def abort(self, reason: str) -> None:
         """Close this connection for a protocol reason (logged by the download)."""
         # Aborting for a protocol error: the timer must not report again later.
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.setTimeout(None)
         self.download.peer_error(self, reason)
         if self.transport is not None:
             self.transport.loseConnection()
 
-    def _expired(self) -> None:
-        self._timer = None
+    def timeoutConnection(self) -> None:
+        """TimeoutMixin: no answer to HELLO in time, or the server went quiet."""
         self.abort("idle for %d s" % IDLE_TIMEOUT if self.ready else "no answer to HELLO")
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.connected = 0      # Twisted leaves it set; our senders check it
-        for t in (self._timer, self._keepalive):
-            if t is not None and t.active():
-                t.cancel()
-        self._timer = self._keepalive = None
+        self.setTimeout(None)
+        self._keepalive = cancel_pending(self._keepalive)
         self.download.peer_lost(self)
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -595,8 +589,8 @@ class PeerClientProtocol(LineReceiver):
             return self.abort("non-ASCII control line")
         parts = text.split(" ")
         verb = parts[0]
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(IDLE_TIMEOUT)
+        if self.timeOut is not None:        # not once aborted
+            self.setTimeout(IDLE_TIMEOUT)   # any line: the handshake's shorter limit is over
         try:
             if not self.ready:
                 if verb == "BITFIELD":

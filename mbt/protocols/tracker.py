@@ -19,6 +19,7 @@ from typing import Dict, Optional
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from mbt.errors import MbtError, TrackerUnavailable
@@ -59,8 +60,13 @@ def error_reply(req_id, code: str, message: str) -> dict:
     return {"id": req_id, "error": {"code": code, "message": message}}
 
 
-class TrackerServerProtocol(BoundedLineReceiver):
-    """Server side: decode a request, hand it to the core, write the reply."""
+class TrackerServerProtocol(BoundedLineReceiver, TimeoutMixin):
+    """Server side: decode a request, hand it to the core, write the reply.
+
+    Timeouts (``TimeoutMixin`` on the core's clock): the first line within
+    HANDSHAKE_TIMEOUT, then a line at least every IDLE_TIMEOUT; none once the
+    connection is handed to the sync channel (it watches its own liveness).
+    """
 
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE
@@ -76,13 +82,15 @@ class TrackerServerProtocol(BoundedLineReceiver):
         self._first_line = True
         self.MAX_LENGTH = ANON_MAX_LINE
         self.clock = self.factory.core.clock
+        self.callLater = self.clock.callLater
         self.budget, self.budget_host = self.factory.line_budget, self.host
-        self._timer = self.clock.callLater(HANDSHAKE_TIMEOUT, self._expired)
+        self.setTimeout(HANDSHAKE_TIMEOUT)
         self.factory.connections.add(self)
         self.factory.by_host.add(self.host)
 
-    def _expired(self) -> None:
-        self._timer = None
+    def timeoutConnection(self) -> None:
+        """TimeoutMixin: no first line in time, or no line for IDLE_TIMEOUT."""
+        self.setTimeout(None)       # no line after this one restarts it
         log.info("closing {remote}: {why}", remote=self.conn.remote,
                  why="no request within %d s" % HANDSHAKE_TIMEOUT if self._first_line
                  else "idle for %d s" % IDLE_TIMEOUT)
@@ -91,9 +99,7 @@ class TrackerServerProtocol(BoundedLineReceiver):
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.connected = 0
         BoundedLineReceiver.connectionLost(self, reason)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.setTimeout(None)
         self.factory.connections.discard(self)
         self.factory.by_host.remove(self.host)
         if self.sync is not None:
@@ -127,8 +133,8 @@ class TrackerServerProtocol(BoundedLineReceiver):
             self.sync.line_received(line)
             self._sync_limits()
             return
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(IDLE_TIMEOUT)
+        if self.timeOut is not None:
+            self.setTimeout(IDLE_TIMEOUT)
         line = line.rstrip(b"\r")
         if not line.strip():
             return
@@ -141,9 +147,7 @@ class TrackerServerProtocol(BoundedLineReceiver):
         if first and self.factory.mesh is not None and is_sync_hello(req):
             # Another tracker: from now on this connection is a sync channel.
             self.factory.connections.discard(self)
-            if self._timer is not None and self._timer.active():
-                self._timer.cancel()        # the sync channel watches its own liveness
-            self._timer = None
+            self.setTimeout(None)       # the sync channel watches its own liveness
             self.sync = self.factory.mesh.adopt(self.transport, self.sendLine, self.conn.remote, req)
             self._sync_limits()
             return
