@@ -314,15 +314,19 @@ def loopback_by_default(endpoint: Optional[str]) -> Optional[str]:
 
 
 class RelayOptions(_Options):
-    """``twistd -n mbt-relay --listen ENDPOINT [--rate R] [--total-rate R] [--max-pairs N] [TLS flags]``."""
+    """``twistd -n mbt-relay --listen ENDPOINT [--rate R] [--total-rate R] [--max-pairs N]``.
 
-    synopsis = "--listen ENDPOINT [--rate R] [--total-rate R] [--max-pairs N] [TLS flags]"
+    No TLS flags: peers with TLS on run TLS end to end *through* the relay,
+    which only ever pipes their ciphertext.
+    """
+
+    synopsis = "--listen ENDPOINT [--rate R] [--total-rate R] [--max-pairs N]"
     optParameters = [
         ["listen", "l", None, "where to accept peers, a Twisted endpoint, e.g. tcp:7400"],
         ["rate", "r", "0", "bytes/s each connection may send, e.g. 10M (0 = no limit)"],
         ["total-rate", "t", "0", "bytes/s through the whole relay, e.g. 100M (0 = no limit)"],
         ["max-pairs", None, "500", "pairs relayed at once"],
-    ] + TLS_PARAMETERS
+    ]
 
     def postOptions(self) -> None:
         if not self["listen"]:
@@ -338,4 +342,3 @@ class RelayOptions(_Options):
                 raise ValueError
         except ValueError:
             raise usage.UsageError("--max-pairs must be a positive number")
-        self._check_tls()

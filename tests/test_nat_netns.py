@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from mbt import certs
 from mbt.driver import Console, Process, bin_path
 from mbt.manifest import hash_file
 from tests import netlab
@@ -28,7 +29,7 @@ def lab():
         yield lab
 
 
-def start(lab, procs, tmp_path, host, name, skew=None):
+def start(lab, procs, tmp_path, host, name, skew=None, extra=None):
     (tmp_path / name).mkdir(exist_ok=True)
     prefix = lab.exec_prefix(host)
     if skew is not None:
@@ -37,7 +38,7 @@ def start(lab, procs, tmp_path, host, name, skew=None):
         prefix = prefix + ["faketime", "-f", skew]
     c = Console(netlab.PUBLIC.get(host, lab.ip(host)) + ":7000", str(tmp_path / "info"),
                 str(tmp_path / name / "state"), cwd=str(tmp_path / name), prefix=prefix,
-                log=str(tmp_path / (name + ".log")))
+                log=str(tmp_path / (name + ".log")), extra=extra)
     procs.append(c)
     return c
 
@@ -54,24 +55,52 @@ def until_ok(console, line, expect, timeout=20.0):
 RELAY = netlab.PUBLIC["relay"] + ":7400"
 
 
-def start_relay(lab, procs, tmp_path):
+def start_relay(lab, procs, tmp_path, *flags):
     (tmp_path / "relay").mkdir(exist_ok=True)
     relay = Process(lab.exec_prefix("relay") + [bin_path("twistd"), "-n", "--pidfile", "relay.pid", "mbt-relay",
-                                                 "--listen", "tcp:7400:interface=" + netlab.PUBLIC["relay"]],
-                    cwd=str(tmp_path / "relay"), log=str(tmp_path / "relay.log"))
+                                                 "--listen", "tcp:7400:interface=" + netlab.PUBLIC["relay"]]
+                    + list(flags), cwd=str(tmp_path / "relay"), log=str(tmp_path / "relay.log"))
     procs.append(relay)
+    wait_listening(lab, "relay", netlab.PUBLIC["relay"], 7400, relay)
     return relay
 
 
-def story(lab, procs, tmp_path, seeder_skew=None, fetcher_skew=None, seeder="pub", fetcher="homeA"):
-    """Sam shares a file from ``seeder``; Fay downloads it at ``fetcher``."""
+def wait_listening(lab, host, address, port, proc, timeout=20.0):
+    """Wait until ``address:port`` accepts a connection from inside ``host``'s namespace."""
+    probe = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close()"
+    deadline = time.monotonic() + timeout
+    while lab.sh(host, sys.executable, "-c", probe, address, str(port), check=False).returncode != 0:
+        assert proc.proc.poll() is None, "exited with %s before listening" % proc.proc.returncode
+        assert time.monotonic() < deadline, "nothing listening on %s:%d" % (address, port)
+        time.sleep(0.1)
+
+
+def tls_flags(tmp_path):
+    """A CA and certificates naming each host's own address: --tls-* flags per role."""
+    d = tmp_path / "certs"
+    d.mkdir()
+    ca_key, ca_cert = certs.make_ca()
+    certs.write_pair(str(d), "ca", ca_key, ca_cert)
+    flags = {}
+    for name, ips in (("tracker", [netlab.PUBLIC["tracker"]]),
+                      ("peer", [netlab.PUBLIC["pub"], "100.64.1.2", "100.64.2.2"])):
+        key, cert = certs.make_cert(ca_key, ca_cert, name, ips)
+        c, k = certs.write_pair(str(d), name, key, cert)
+        flags[name] = ["--tls-cert", c, "--tls-key", k, "--tls-ca", str(d / "ca.pem")]
+    return flags
+
+
+def story(lab, procs, tmp_path, seeder_skew=None, fetcher_skew=None, seeder="pub", fetcher="homeA", tls=None,
+          size=3 * 1024 * 1024 + 11):
+    """Sam shares a file from ``seeder``; Fay downloads it at ``fetcher``. ``tls``: tls_flags()."""
     (tmp_path / "info").write_text(TRACKER + "\nrelay " + RELAY + "\n")
     tracker = Process(lab.exec_prefix("tracker") + [bin_path("mbt-tracker"), str(tmp_path / "info"), "1",
-                                                   "--state-dir", str(tmp_path / "t")],
-                      log=str(tmp_path / "tracker.log"))
+                                                   "--state-dir", str(tmp_path / "t")]
+                      + (tls["tracker"] if tls else []), log=str(tmp_path / "tracker.log"))
     procs.append(tracker)
-    sam = start(lab, procs, tmp_path, seeder, "sam", seeder_skew)
-    fay = start(lab, procs, tmp_path, fetcher, "fay", fetcher_skew)
+    peer_flags = tls["peer"] if tls else None
+    sam = start(lab, procs, tmp_path, seeder, "sam", seeder_skew, peer_flags)
+    fay = start(lab, procs, tmp_path, fetcher, "fay", fetcher_skew, peer_flags)
     assert until_ok(sam, "create_user sam pw", "user sam created").startswith("user sam created")
     assert sam.cmd("login sam pw").startswith("logged in as sam")
     sam.cmd("create_group club")
@@ -79,14 +108,15 @@ def story(lab, procs, tmp_path, seeder_skew=None, fetcher_skew=None, seeder="pub
     assert fay.cmd("login fay pw").startswith("logged in as fay")
     fay.cmd("join_group club")
     assert sam.cmd("accept_request club fay").startswith("fay is now a member")
-    data = os.urandom(3 * 1024 * 1024 + 11)
+    data = os.urandom(size)
     (tmp_path / "sam" / "clip.bin").write_bytes(data)
     assert sam.cmd("upload_file clip.bin club").startswith("shared clip.bin in club")
     return sam, fay, data
 
 
-def finish(fay, tmp_path, data, timeout=40.0):
-    assert fay.cmd("download_file club clip.bin .").startswith("downloading clip.bin")
+def finish(fay, tmp_path, data, timeout=40.0, started=False):
+    if not started:
+        assert fay.cmd("download_file club clip.bin .").startswith("downloading clip.bin")
     deadline, status = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
         status = fay.cmd("show_downloads")
@@ -199,3 +229,87 @@ def test_two_homes_behind_nat_meet_at_the_relay(lab, procs, tmp_path):
     finish(fay, tmp_path, data)
     assert "connect_peer by fay" in tracker_log(tmp_path)
     assert "paired" in (tmp_path / "relay.log").read_text(errors="replace")
+
+
+def wait_status(fay, check, timeout=30.0):
+    """Poll show_downloads until ``check(status)``; return the last status."""
+    deadline, status = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        status = fay.cmd("show_downloads")
+        if check(status):
+            break
+        time.sleep(0.2)
+    return status
+
+
+def percent(status):
+    parts = [w for w in status.split() if w.endswith("%")]
+    return float(parts[0][:-1]) if parts and parts[0][:-1].replace(".", "").isdigit() else 0.0
+
+
+def test_relay_killed_mid_download_fails_over_to_the_restarted_relay(lab, procs, tmp_path):
+    # 1 MB/s per connection: the 6 MB download takes seconds, so it is cut in the middle.
+    relay = start_relay(lab, procs, tmp_path, "--rate", "1M")
+    sam, fay, data = story(lab, procs, tmp_path, seeder="homeA", fetcher="homeB", size=6 * 1024 * 1024)
+    assert fay.cmd("download_file club clip.bin .").startswith("downloading clip.bin")
+    status = wait_status(fay, lambda s: "(relay 1)" in s and 10.0 <= percent(s) < 70.0)
+    assert "(relay 1)" in status and percent(status) < 70.0, status
+    relay.kill()
+    cut = wait_status(fay, lambda s: "relay" not in s, timeout=15)
+    assert cut.startswith("[D]") and "relay" not in cut, cut
+    start_relay(lab, procs, tmp_path)
+    finish(fay, tmp_path, data, timeout=60, started=True)
+    assert "paired" in (tmp_path / "relay.log").read_text(errors="replace")
+
+
+def test_relay_killed_mid_download_carries_on_from_another_peer(lab, procs, tmp_path):
+    relay = start_relay(lab, procs, tmp_path, "--rate", "1M")
+    sam, fay, data = story(lab, procs, tmp_path, seeder="homeA", fetcher="homeB", size=6 * 1024 * 1024)
+    assert fay.cmd("download_file club clip.bin .").startswith("downloading clip.bin")
+    status = wait_status(fay, lambda s: "(relay 1)" in s and percent(s) >= 10.0)
+    assert "(relay 1)" in status and percent(status) < 70.0, status
+    # A second seeder on the public side (reached directly), then the relay dies for good.
+    pia = start(lab, procs, tmp_path, "pub", "pia")
+    assert pia.cmd("create_user pia pw").startswith("user pia created")
+    assert pia.cmd("login pia pw").startswith("logged in as pia")
+    pia.cmd("join_group club")
+    assert sam.cmd("accept_request club pia").startswith("pia is now a member")
+    (tmp_path / "pia" / "clip.bin").write_bytes(data)
+    assert pia.cmd("upload_file clip.bin club").startswith("shared clip.bin in club")
+    relay.kill()
+    finish(fay, tmp_path, data, timeout=60, started=True)
+
+
+def evil_relay(lab, procs, tmp_path, *flags):
+    script = os.path.join(os.path.dirname(__file__), "evil_relay.py")
+    relay = Process(lab.exec_prefix("relay") + [sys.executable, script, netlab.PUBLIC["relay"], "7400"]
+                    + list(flags), cwd=str(tmp_path), log=str(tmp_path / "relay.log"))
+    procs.append(relay)
+    wait_listening(lab, "relay", netlab.PUBLIC["relay"], 7400, relay)
+    return relay
+
+
+def test_with_tls_the_relay_sees_only_ciphertext_and_cannot_forge(lab, procs, tmp_path):
+    record = tmp_path / "relayed.bin"
+    # The relay records both directions and inverts the 200 000th byte it pipes.
+    evil_relay(lab, procs, tmp_path, "--record", str(record), "--flip-at", "200000")
+    sam, fay, data = story(lab, procs, tmp_path, seeder="homeA", fetcher="homeB", tls=tls_flags(tmp_path))
+    finish(fay, tmp_path, data, timeout=60)
+    seen = record.read_bytes()
+    assert len(seen) > len(data)            # the whole file went through the relay...
+    for plain in (b"HELLO mbt/2", b"BITFIELD", b"PIECE ", b"REQUEST ", data[:64],
+                  data[1000000:1000064], data[-64:]):
+        assert plain not in seen            # ...and none of it in clear
+    assert "flipped byte 200000" in (tmp_path / "relay.log").read_text()
+    # The flipped byte broke TLS on the first relayed connection, never the file.
+    fay_log = (tmp_path / "fay" / "state" / "peer.log").read_text(errors="replace")
+    assert "bad record mac" in fay_log.lower() or "decryption failed" in fay_log.lower(), fay_log[-3000:]
+
+
+def test_without_tls_a_byte_flipped_by_the_relay_is_caught_by_the_piece_hash(lab, procs, tmp_path):
+    evil_relay(lab, procs, tmp_path, "--flip-at", "200000")
+    sam, fay, data = story(lab, procs, tmp_path, seeder="homeA", fetcher="homeB")
+    assert fay.cmd("download_file club clip.bin .").startswith("downloading clip.bin")
+    status = wait_status(fay, lambda s: "corrupt data" in s)
+    assert status.startswith("[D]") and "corrupt data" in status, status
+    assert not (tmp_path / "fay" / "clip.bin").exists()

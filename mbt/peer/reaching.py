@@ -10,7 +10,10 @@ connections. A downloader that cannot dial a seeder asks the tracker
   ``HELLO`` as if it had dialled.
 * **relay** (neither accepts): both dial the relay named by the tracker and
   send ``RELAY <token> serve|fetch``; after the relay's ``OK`` the peer wire
-  runs through it unchanged.
+  runs through it unchanged -- inside TLS between the two peers when TLS is
+  on (the seeder the TLS server, the downloader verifying the seeder's
+  certificate against the seeder's announced address), so the relay sees
+  only ciphertext.
 
 Either way the downloader still proves its ticket's key to the seeder, and
 every piece is still checked against the manifest's hashes: a relay can drop
@@ -21,8 +24,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+from typing import Optional
+
 from twisted.internet import endpoints, protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mbt.protocols.peer import PeerServerProtocol
 from mbt.relay.client import RelayClientFactory, RelayHandshake
@@ -42,6 +48,24 @@ class _One(protocol.ClientFactory):
 
     def buildProtocol(self, addr):
         return self.proto
+
+
+def end_to_end(node, inner: protocol.Protocol, server_host: Optional[str] = None) -> protocol.Protocol:
+    """``inner`` inside TLS between the two peers when TLS is on (else ``inner`` itself).
+
+    Over a relay the peers run TLS through the relay's plain byte pipe: the
+    seeder (``server_host`` None) is the TLS server with its certificate, the
+    downloader the client that checks it chains to the CA and names
+    ``server_host`` (the seeder's announced address).
+    """
+    tls = node.tls
+    if tls is None or not tls.enabled:
+        return inner
+    if server_host is None:
+        factory = TLSMemoryBIOFactory(tls.server_options(), False, _One(inner))
+    else:
+        factory = TLSMemoryBIOFactory(tls.client_options(server_host), True, _One(inner))
+    return factory.buildProtocol(None)
 
 
 def dial_for_downloader(node, message: dict) -> None:
@@ -64,7 +88,7 @@ def dial_for_downloader(node, message: dict) -> None:
             factory = _One(server)
         elif via == "relay":
             host, port = parse_address(str(message.get("relay")))
-            handshake = RelayHandshake(token, "serve", server, node.reactor,
+            handshake = RelayHandshake(token, "serve", end_to_end(node, server), node.reactor,
                                        failed=lambda why: log.info("relay for a downloader: {why}", why=why))
             ep = endpoints.TCP4ClientEndpoint(node.reactor, host, port, timeout=DIAL_TIMEOUT)
             factory = RelayClientFactory(handshake)
@@ -81,8 +105,11 @@ def dial_for_downloader(node, message: dict) -> None:
 
 def reach_through_tracker(node, group: str, file_hash: str, peer_id: str,
                           build: Callable[[str], protocol.Protocol],
-                          failed: Callable[[str], None]):
+                          failed: Callable[[str], None], seeder_host: str):
     """Ask the tracker to bring seeder ``peer_id`` to us; ``build(via)`` makes our downloading protocol.
+
+    ``seeder_host``: the host of the seeder's announced address, which its
+    TLS certificate must name when the connection comes through a relay.
 
     Returns the Deferred of the ``connect_peer`` request (fires with ``via``);
     ``failed(reason)`` is called if the connection never comes about.
@@ -100,7 +127,8 @@ def reach_through_tracker(node, group: str, file_hash: str, peer_id: str,
             except ValueError as e:
                 failed("bad relay address from the tracker: %s" % e)
                 return via
-            handshake = RelayHandshake(token, "fetch", build("relay"), node.reactor, failed=failed)
+            inner = end_to_end(node, build("relay"), seeder_host)
+            handshake = RelayHandshake(token, "fetch", inner, node.reactor, failed=failed)
             ep = endpoints.TCP4ClientEndpoint(node.reactor, host, port, timeout=DIAL_TIMEOUT)
             ep.connect(RelayClientFactory(handshake)).addErrback(
                 lambda f: failed("relay %s:%d unreachable: %s" % (host, port, f.getErrorMessage())))

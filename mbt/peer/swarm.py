@@ -264,7 +264,8 @@ class Swarm:
             self.peer_problems[address] = "unreachable: %s (%s)" % (address, reason[:80])
             log.info("cannot reach peer {a}: {why}", a=address, why=reason)
 
-        d = reach_through_tracker(self.node, group, file_hash, peer_id, build, failed)
+        d = reach_through_tracker(self.node, group, file_hash, peer_id, build, failed,
+                                  seeder_host=address.rsplit(":", 1)[0])
         d.addErrback(lambda f: failed("tracker: %s" % f.getErrorMessage()))
 
     def problems(self) -> List[str]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable, Dict, Optional
 
-from twisted.internet import interfaces, main, protocol, task, tcp
+from twisted.internet import error, interfaces, main, protocol, task, tcp
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
@@ -577,6 +577,9 @@ class PeerClientProtocol(LineReceiver, TimeoutMixin):
         self.connected = 0      # Twisted leaves it set; our senders check it
         self.setTimeout(None)
         self._keepalive = cancel_pending(self._keepalive)
+        if reason is not None and not reason.check(error.ConnectionDone):
+            # E.g. a TLS record that failed its MAC (a relay tampering with the stream).
+            log.info("connection to peer {a} lost: {why}", a=self.address, why=reason.getErrorMessage()[:200])
         self.download.peer_lost(self)
 
     def lineLengthExceeded(self, line: bytes) -> None:

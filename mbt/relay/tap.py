@@ -1,10 +1,9 @@
-"""``twistd -n mbt-relay --listen ENDPOINT [--rate R] [--total-rate R] [TLS flags]``."""
+"""``twistd -n mbt-relay --listen ENDPOINT [--rate R] [--total-rate R] [--max-pairs N]``."""
 
 from __future__ import annotations
 
 from twisted.application import internet, service
 from twisted.internet import endpoints
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mbt.options import RelayOptions as Options  # noqa: F401  (the twistd plugin's Options)
 from mbt.relay.server import RelayFactory
@@ -16,15 +15,10 @@ def makeService(config, reactor=None) -> service.IService:
         from twisted.internet import reactor
     factory = RelayFactory(reactor, rate=config["rate"], total_rate=config["total-rate"],
                            max_pairs=config["max-pairs"])
-    tls = config.get("tls")
-    wrapped = factory
-    if tls is not None and tls.enabled:
-        # TLS on the hop (peer <-> relay), on whatever endpoint --listen names.
-        wrapped = TLSMemoryBIOFactory(tls.server_options(), False, factory)
     try:
         endpoint = endpoints.serverFromString(reactor, config["listen"])
     except (ValueError, TypeError) as e:
         raise SystemExit("error: bad --listen endpoint %r: %s" % (config["listen"], e))
-    svc = internet.StreamServerEndpointService(endpoint, wrapped)
+    svc = internet.StreamServerEndpointService(endpoint, factory)
     svc.factory = factory
     return svc
