@@ -91,9 +91,9 @@ def tls_flags(tmp_path):
 
 
 def story(lab, procs, tmp_path, seeder_skew=None, fetcher_skew=None, seeder="pub", fetcher="homeA", tls=None,
-          size=3 * 1024 * 1024 + 11):
+          size=3 * 1024 * 1024 + 11, relay=True):
     """Sam shares a file from ``seeder``; Fay downloads it at ``fetcher``. ``tls``: tls_flags()."""
-    (tmp_path / "info").write_text(TRACKER + "\nrelay " + RELAY + "\n")
+    (tmp_path / "info").write_text(TRACKER + "\n" + ("relay " + RELAY + "\n" if relay else ""))
     tracker = Process(lab.exec_prefix("tracker") + [bin_path("mbt-tracker"), str(tmp_path / "info"), "1",
                                                    "--state-dir", str(tmp_path / "t")]
                       + (tls["tracker"] if tls else []), log=str(tmp_path / "tracker.log"))
@@ -313,3 +313,63 @@ def test_without_tls_a_byte_flipped_by_the_relay_is_caught_by_the_piece_hash(lab
     status = wait_status(fay, lambda s: "corrupt data" in s)
     assert status.startswith("[D]") and "corrupt data" in status, status
     assert not (tmp_path / "fay" / "clip.bin").exists()
+
+
+REFUSER = r'''
+import json, socket, sys, threading
+from mbt.manifest import hash_file
+from mbt.tickets import new_session_key, public_key_hex
+tracker, me, path = sys.argv[1], sys.argv[2], sys.argv[3]
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((me, 7000))
+srv.listen(16)
+t = socket.create_connection(tracker.split(":"), timeout=30)
+f = t.makefile("rb")
+def ask(i, req):
+    t.sendall(json.dumps(dict(req, id=i)).encode() + b"\n")
+    while True:
+        reply = json.loads(f.readline())
+        if reply.get("id") == i:
+            assert "ok" in reply, reply
+            return reply
+ask(1, {"op": "login", "user": "rex", "password": "pw", "address": me + ":7000",
+        "session_key": public_key_hex(new_session_key())})
+ask(2, {"op": "share_file", "group": "club", "manifest": hash_file(path, "clip.bin").to_dict()})
+print("sharing", flush=True)
+while True:         # every downloader is refused at its HELLO
+    c, _ = srv.accept()
+    c.makefile("rb").readline()
+    c.sendall(b"ERROR not serving anyone today\n")
+    c.close()
+'''
+
+
+def test_when_every_peer_refuses_or_is_unreachable_the_user_is_told_why_once(lab, procs, tmp_path):
+    # Sam shares from behind NAT and no relay is listed: nobody can reach him from home B.
+    sam, fay, data = story(lab, procs, tmp_path, seeder="homeA", fetcher="homeB", relay=False)
+    # Rex, on the public side, lists the same file but refuses every downloader.
+    rex = start(lab, procs, tmp_path, "pub2", "rex")
+    assert rex.cmd("create_user rex pw").startswith("user rex created")
+    assert rex.cmd("login rex pw").startswith("logged in as rex")
+    rex.cmd("join_group club")
+    assert sam.cmd("accept_request club rex").startswith("rex is now a member")
+    rex.stop()
+    (tmp_path / "rex" / "clip.bin").write_bytes(data)
+    refuser = Process(lab.exec_prefix("pub2") + [sys.executable, "-u", "-c", REFUSER, TRACKER,
+                                                 netlab.PUBLIC["pub2"], str(tmp_path / "rex" / "clip.bin")],
+                      log=str(tmp_path / "refuser.log"))
+    procs.append(refuser)
+    deadline = time.monotonic() + 20
+    while "2 peer" not in fay.cmd("list_files club") and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert fay.cmd("download_file club clip.bin .").startswith("downloading clip.bin")
+    status = wait_status(fay, lambda s: "refused" in s and "unreachable" in s, timeout=30)
+    assert status.startswith("[D] [club] clip.bin"), status
+    assert "refused: not serving anyone today (198.18.0.21:7000)" in status, status
+    assert "unreachable: 100.64.1.2:7000" in status and "no relay" in status, status
+    time.sleep(6)           # several more rounds of trying every peer...
+    fay.cmd("show_downloads")
+    told = [n for n in fay.notices if "cannot download clip.bin from any peer" in n]
+    assert len(told) == 1, fay.notices      # ...and still one notice
+    assert "refused: not serving anyone today" in told[0] and "unreachable: 100.64.1.2:7000" in told[0]
