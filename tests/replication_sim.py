@@ -14,6 +14,7 @@ from typing import Dict, Optional
 
 from twisted.internet import defer, task
 
+from mbt.tracker.compaction import Compactor
 from mbt.tracker.oplog import OpLog
 from mbt.tracker.replication import Replicator, Timing
 from mbt.tracker.connection import Connection
@@ -49,11 +50,14 @@ class Node:
     """One tracker: state, store, replicator and request core."""
 
     def __init__(self, number: int, known, clock, store: Optional[MemoryStore] = None,
-                 timing: Optional[Timing] = None) -> None:
+                 timing: Optional[Timing] = None, snapshot_every: Optional[int] = None) -> None:
         self.number = number
         self.store = store if store is not None else MemoryStore()
         self.state = TrackerState()
-        self.rep = Replicator(number, known, self.state, OpLog(self.store), clock, timing)
+        oplog = OpLog(self.store)
+        if snapshot_every:
+            Compactor(oplog, sync_thread, snapshot_every)     # snapshots taken synchronously
+        self.rep = Replicator(number, known, self.state, oplog, clock, timing)
         self.core = TrackerCore(self.state, self.store, run_in_thread=sync_thread,
                                 replicator=self.rep, clock=clock)
         self.core.load()
@@ -69,8 +73,10 @@ class Node:
 class Net:
     """Several nodes, their links, the messages in flight and the clock."""
 
-    def __init__(self, n: int = 3, timing: Optional[Timing] = None, start: bool = True) -> None:
+    def __init__(self, n: int = 3, timing: Optional[Timing] = None, start: bool = True,
+                 snapshot_every: Optional[int] = None) -> None:
         self.clock = task.Clock()
+        self.snapshot_every = snapshot_every
         self.timing = timing or Timing()
         self.numbers = list(range(1, n + 1))
         self.nodes: Dict[int, Node] = {}
@@ -87,7 +93,7 @@ class Net:
 
     def add(self, number: int, store: Optional[MemoryStore] = None) -> Node:
         node = Node(number, [m for m in self.numbers if m != number], self.clock,
-                    store if store is not None else self.stores.get(number), self.timing)
+                    store if store is not None else self.stores.get(number), self.timing, self.snapshot_every)
         self.nodes[number] = node
         self.stores[number] = node.store
         return node
@@ -176,6 +182,36 @@ class Net:
             self.flush()
             self.clock.advance(dt)
         self.flush()
+
+    def play(self, steps) -> list:
+        """Run random steps (``tests.test_replication.STEPS``: write, deliver, tick, cut,
+        heal, crash), then bring every tracker back, heal the links and let 8 s pass.
+        Returns ``(op, [result or Failure])`` of every write."""
+        outcomes = []
+        for step in steps:
+            kind = step[0]
+            if kind == "write" and step[1] in self.nodes:
+                results: list = []
+                self.nodes[step[1]].rep.propose(step[2]).addBoth(results.append)    # refusals: consumed
+                outcomes.append((step[2], results))
+            elif kind == "deliver":
+                (a, b), count = step[1], step[2]
+                if a in self.nodes and b in self.nodes:
+                    self.deliver(a, b, count)
+            elif kind == "tick":
+                self.clock.advance(step[1])
+            elif kind == "cut":
+                self.cut(*step[1])
+            elif kind == "heal":
+                self.connect_all()
+            elif kind == "crash" and len(self.nodes) > 1 and step[1] in self.nodes:
+                self.crash(step[1])
+        for n in self.numbers:              # everyone comes back, links heal, time passes
+            if n not in self.nodes:
+                self.restart(n)
+        self.connect_all()
+        self.run(8.0, dt=0.25)
+        return outcomes
 
     # -- views --------------------------------------------------------------------
 

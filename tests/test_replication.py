@@ -808,31 +808,7 @@ _ANN = {"op": "create_user", "user": "ann", "password_record": "r1"}
 def test_random_interleavings_converge_to_one_state(steps):
     net = Net(3)
     acked_users = {}        # user -> record of an acknowledged create_user
-    outcomes = []
-    for step in steps:
-        kind = step[0]
-        if kind == "write" and step[1] in net.nodes:
-            d = write(net, step[1], step[2])
-            results = []
-            d.addBoth(results.append)       # refusals are normal here: consume them
-            outcomes.append((step[2], results))
-        elif kind == "deliver":
-            (a, b), count = step[1], step[2]
-            if a in net.nodes and b in net.nodes:
-                net.deliver(a, b, count)
-        elif kind == "tick":
-            net.clock.advance(step[1])
-        elif kind == "cut":
-            net.cut(*step[1])
-        elif kind == "heal":
-            net.connect_all()
-        elif kind == "crash" and len(net.nodes) > 1 and step[1] in net.nodes:
-            net.crash(step[1])
-    for n in (1, 2, 3):                 # everyone comes back, links heal, time passes
-        if n not in net.nodes:
-            net.restart(n)
-    net.connect_all()
-    net.run(8.0, dt=0.25)
+    outcomes = net.play(steps)
     assert len(net.digests()) == 1, net.roles()
     assert sorted(net.roles().values()) == [FOLLOWING, FOLLOWING, LEADING]
     assert len({n.rep.oplog.head_hash for n in net.nodes.values()}) == 1

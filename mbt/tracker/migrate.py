@@ -39,7 +39,7 @@ def _replayed(store) -> Tuple[TrackerState, int]:
             state.apply(op)
         except MbtError:
             pass        # refused when it was logged too (an old repair): same outcome as the tracker
-    count = OpLog(store).load(apply)
+    count = OpLog(store).load(apply, lambda text: snapshot.reset_to(state, text))
     return state, count
 
 

@@ -23,6 +23,7 @@ through ``clock``, so tests drive whole clusters in memory.
 from __future__ import annotations
 
 import itertools
+import json
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mbt.errors import MbtError
-from mbt.tracker import election
+from mbt.tracker import election, snapshot
 from mbt.tracker.election import ELECTING, FOLLOWING, LEADING, ROLES, SYNCING  # noqa: F401 (re-exported)
 from mbt.tracker.oplog import GENESIS, LogMismatch, OpLog
 from mbt.tracker.login_budget import SharedLoginGuard
@@ -166,7 +167,7 @@ class Replicator:
                 self.results.remember(op.get("oid"), self.state.apply(op))
             except MbtError as e:
                 on_error(op, e)
-        count = self.oplog.load(apply)
+        count = self.oplog.load(apply, self._restore)
         self._has_orphans = bool(self.oplog.store.orphans())    # a repair a crash interrupted
         return count
 
@@ -464,7 +465,7 @@ class Replicator:
             self._lease_requests.popitem(last=False)
         msg = {"t": kind, "n": n}
         if kind == "follow":
-            msg.update(head=self.oplog.head, probes=self.oplog.probes())
+            msg.update(head=self.oplog.head, probes=self.oplog.probes(), base=self.oplog.base)
         p.link.send(msg)
 
     def _extend_lease(self, n: object) -> None:
@@ -489,18 +490,40 @@ class Replicator:
         self._has_orphans = True
         log.warn("tracker {n} cut {k} operation(s) after seq {after} that the leader does not have "
                  "({why}); they will be proposed again", n=self.number, k=len(removed), after=after, why=why)
-        self.state.reset_durable()
-        seq = 1
-        while True:
-            chunk = self.oplog.store.read(seq, 5000)
-            if not chunk:
-                break
-            for s, op, _h in chunk:
-                try:
-                    self.state.apply(op)
-                except MbtError as e:
-                    log.error("operation {seq} no longer applies while rebuilding: {err}", seq=s, err=e.message)
-            seq = chunk[-1][0] + 1
+        def apply(op: dict) -> None:
+            try:
+                self.state.apply(op)
+            except MbtError as e:
+                log.error("operation {op} no longer applies while rebuilding: {err}", op=describe(op),
+                          err=e.message)
+        self.oplog.replay(apply, self._restore)
+
+    def _restore(self, text: Optional[str]) -> None:
+        snapshot.reset_to(self.state, text)
+
+    def _install(self, p: PeerView, snap: dict) -> None:
+        """Take the leader's snapshot: our log no longer reaches back to what it shares."""
+        seq, digest, text = _int(snap["seq"]), str(snap["hash"]), snap["state"]
+        if text is None:
+            data = snapshot.dump(TrackerState())
+            text = snapshot.dumps(TrackerState())
+        elif isinstance(text, str):
+            data = json.loads(text)
+            try:
+                snapshot.restore(TrackerState(), data)     # garbage raises here, before anything changed
+            except MbtError as e:
+                raise ValueError("bad snapshot: %s" % e.message)
+        else:
+            raise ValueError("bad snapshot")
+        removed = self.oplog.install(seq, digest, text)
+        snapshot.restore(self.state, data)
+        log.info("tracker {n} took tracker {l}'s snapshot of operation {seq}", n=self.number, l=p.number,
+                 seq=seq)
+        if removed:
+            self._has_orphans = True
+            log.warn("tracker {n} set aside {k} operation(s) after seq {seq} that tracker {l}'s snapshot"
+                     " replaced; they will be proposed again", n=self.number, k=len(removed), seq=seq,
+                     l=p.number)
 
     def _repropose_orphans(self) -> None:
         """Propose, one at a time and in order, the ops cut off by divergence repair."""
@@ -555,7 +578,7 @@ class Replicator:
         probes = msg["probes"]
         if not isinstance(probes, list):
             raise ValueError("bad probes")
-        batch = self.sequencer.catch_up(p.number, p.link, probes)
+        batch = self.sequencer.catch_up(p.number, p.link, probes, _int(msg.get("base", 0)))
         batch["n"] = msg.get("n")
         p.link.send(batch)
 
@@ -570,6 +593,8 @@ class Replicator:
         entries = msg["entries"]
         if not isinstance(entries, list):
             raise ValueError("bad entries")
+        if msg.get("snapshot") is not None:
+            self._install(p, msg["snapshot"])
         try:
             for item in entries:
                 seq, op, digest = _int(item[0]), _op(item[1]), str(item[2])

@@ -164,24 +164,32 @@ class Sequencer:
 
     # -- replicas -----------------------------------------------------------------
 
-    def catch_up(self, number: int, link, probes: list) -> dict:
+    def catch_up(self, number: int, link, probes: list, follower_base: int = 0) -> dict:
         """Answer a ``follow`` request: the entries after the last one we share.
 
-        The batch that reaches our head makes the follower a replica in the
-        same step, so it misses no entry between catch-up and the live stream.
+        When that entry is older than what either log still holds (compacted
+        into snapshots, ``base``), the batch starts with our newest snapshot
+        instead, and the entries after it. The batch that reaches our head
+        makes the follower a replica in the same step, so it misses no entry
+        between catch-up and the live stream.
         """
         now = self.clock.seconds()
         if number in self.replicas:
             # It re-syncs (it stopped serving first): no longer wait for its acks.
             del self.replicas[number]
             self._forget_waits(number)
-        start = self.oplog.last_shared(probes) + 1
-        entries = self.oplog.read(start, BATCH_ENTRIES, BATCH_BYTES)
-        done = (entries[-1][0] if entries else start - 1) >= self.oplog.head
+        shared = self.oplog.last_shared(probes)
+        batch = {"t": "batch"}
+        if shared < self.oplog.base or shared < follower_base:
+            seq, digest, text = self.oplog.newest_snapshot()
+            batch["snapshot"] = {"seq": seq, "hash": digest, "state": text}
+            shared = seq
+        entries = self.oplog.read(shared + 1, BATCH_ENTRIES, BATCH_BYTES)
+        done = (entries[-1][0] if entries else shared) >= self.oplog.head
         if done:
             self.replicas[number] = Replica(number, link, last_ping=now)
-        return {"t": "batch", "entries": entries, "done": done,
-                "head": self.oplog.head, "hash": self.oplog.head_hash}
+        batch.update(entries=entries, done=done, head=self.oplog.head, hash=self.oplog.head_hash)
+        return batch
 
     def ping(self, number: int) -> bool:
         """A lease request from ``number`` arrived; True if it is a replica (answer it)."""

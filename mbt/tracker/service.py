@@ -29,6 +29,7 @@ from mbt.manifest import HASH_HEX_LEN, Manifest
 from mbt.protocols.sync import Mesh
 from mbt.protocols.tracker import TrackerServerFactory
 from mbt.statedir import StateDirLock, ensure_state_dir
+from mbt.tracker.compaction import Compactor
 from mbt.tracker.connection import Connection
 from mbt.tracker.events import membership_events
 from mbt.tracker.migrate import import_state_dir
@@ -427,7 +428,7 @@ class TrackerService(service.Service):
                  relays: Optional[List[str]] = None,
                  secret_file: Optional[str] = None, create_secret: bool = False,
                  store_url: Optional[str] = None, fleet_options: Optional[dict] = None,
-                 import_from: Optional[str] = None) -> None:
+                 import_from: Optional[str] = None, compaction: Optional[dict] = None) -> None:
         if reactor is None:
             reactor = _default_clock()
         self._reactor = reactor
@@ -435,6 +436,8 @@ class TrackerService(service.Service):
         self.store_url = store_url
         self.import_from = import_from
         self.fleet_options = fleet_options or {}
+        #: Options of the SQLite log's Compactor (``every``: operations between snapshots).
+        self.compaction = compaction or {}
         if store_url:
             self.state_dir = None
             self.where = safe_url(store_url)
@@ -449,6 +452,7 @@ class TrackerService(service.Service):
         self.secret_file = secret_file
         self.create_secret = create_secret
         self.lock = self.store = self.core = self.replicator = self.mesh = self.factory = None
+        self.compactor: Optional[Compactor] = None
         self.loaded = 0
         self.port = None
         self.listening: Optional[defer.Deferred] = None
@@ -470,11 +474,15 @@ class TrackerService(service.Service):
             state = TrackerState()
             number, reactor = self.number, self._reactor
             others = [t.number for t in (self.trackers or []) if t.number != number]
-            self.replicator = Replicator(number, others, state, OpLog(self.store), reactor, self.timing)
+            oplog = OpLog(self.store)
+            self.compactor = Compactor(oplog, lambda f, *a: threads.deferToThreadPool(
+                reactor, reactor.getThreadPool(), f, *a), **self.compaction)
+            self.replicator = Replicator(number, others, state, oplog, reactor, self.timing)
             self.core = TrackerCore(state, self.store, replicator=self.replicator,
                                     signing_key=tickets.signing_key_from_secret(secret), clock=reactor,
                                     relays=self.relays, probe=lambda address: tcp_probe(reactor, address))
             self.loaded = self.core.load()
+            self.compactor.note()       # a long log from before snapshots existed: compact it now
         except BaseException:
             if self.store is not None:
                 self.store.close()
@@ -528,6 +536,8 @@ class TrackerService(service.Service):
                 self.mesh.stop()
             if self.replicator is not None:
                 self.replicator.stop()
+            if self.compactor is not None:
+                self.compactor.stop()
             if self.factory is not None:
                 self.factory.disconnect_all()
             if self.store is not None:

@@ -12,7 +12,7 @@ PostgreSQL-backed fleet to an SQLite state dir); applying them goes through
 from __future__ import annotations
 
 import json
-from typing import List
+from typing import List, Optional
 
 from mbt.manifest import Manifest
 from mbt.tracker.state import Group, Session, SharedFile, TrackerState
@@ -61,6 +61,14 @@ def restore(state: TrackerState, data: dict) -> None:
 def loads(state: TrackerState, text: str) -> None:
     """:func:`restore` from JSON text."""
     restore(state, json.loads(text))
+
+
+def reset_to(state: TrackerState, text: Optional[str]) -> None:
+    """Make ``state``'s durable part that of a snapshot text (None: the empty state)."""
+    if text is None:
+        state.reset_durable()
+    else:
+        loads(state, text)
 
 
 def ops_for(state: TrackerState) -> List[dict]:
