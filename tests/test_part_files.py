@@ -143,3 +143,55 @@ def test_a_part_file_swapped_while_paused_is_never_written_or_linked(cluster, tm
     assert victim.read_bytes() == VICTIM
     assert not os.path.lexists(tmp_path / "dl" / "f.bin")
     assert os.readlink(part) == str(victim)         # not ours: left alone, not deleted
+
+
+# -- a finished shared file swapped for a symlink to someone's private file ---------------
+
+@pytest_twisted.inlineCallbacks
+def test_a_shared_file_swapped_for_a_symlink_is_never_served(cluster, tmp_path):
+    """The planted target even has the shared file's size and mtime: only its
+    identity (another inode) and then its content give it away."""
+    yield cluster.start_tracker()
+    shared = tmp_path / "f.bin"
+    make_file(shared, 2 * PIECE_SIZE + 5, seed=4)
+    ann = yield cluster.user("ann")
+    yield ann.create_group("g")
+    yield ann.upload_file("f.bin", "g")
+    file_hash = ann.store.shares[("g", "f.bin")].manifest["file_hash"]
+    assert ("g", file_hash) in ann.servables
+    yield ann.logout()
+
+    secret = tmp_path / "secret.bin"
+    make_file(secret, 2 * PIECE_SIZE + 5, seed=5)
+    st = os.stat(shared)
+    os.utime(secret, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.rename(shared, tmp_path / "moved-away")
+    shared.symlink_to(secret)
+
+    yield ann.login("ann", "pw-ann")
+    yield wait_for(lambda: ("g", "f.bin") not in ann.store.shares, 20, what="the share dropped")
+    assert ("g", file_hash) not in ann.servables
+    assert os.readlink(shared) == str(secret)       # not ours: left alone
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_shared_file_swapped_after_its_check_is_not_opened_for_serving(cluster, tmp_path):
+    """The path checked is swapped before it is opened: the open file's identity decides."""
+    yield cluster.start_tracker()
+    shared = tmp_path / "f.bin"
+    make_file(shared, PIECE_SIZE, seed=6)
+    ann = yield cluster.user("ann")
+    yield ann.create_group("g")
+    yield ann.upload_file("f.bin", "g")
+    share = ann.store.shares[("g", "f.bin")]
+    servable = ann.servables.pop(("g", share.manifest["file_hash"]))
+    servable.piece_file.close()
+
+    secret = tmp_path / "secret.bin"
+    make_file(secret, PIECE_SIZE, seed=7)
+    st = os.stat(shared)
+    os.utime(secret, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.rename(shared, tmp_path / "moved-away")
+    shared.symlink_to(secret)
+    ann._serve_share(share)
+    assert ("g", share.manifest["file_hash"]) not in ann.servables

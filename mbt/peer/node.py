@@ -329,7 +329,7 @@ class PeerNode:
             st = os.stat(share.path)
         except OSError:
             return "%s is gone" % share.path
-        share.size, share.mtime_ns = st.st_size, st.st_mtime_ns
+        share.record(st)
         self.store.save_shares()
         return None
 
@@ -358,12 +358,12 @@ class PeerNode:
 
     def check_share(self, share: Share) -> bool:
         """Is ``share`` still as hashed? A missing or resized file is dropped at
-        once (tracker told, console told once); a touched one is re-hashed in
-        the background and dropped only if its content changed."""
+        once (tracker told, console told once); a touched or replaced one is
+        re-hashed in the background and dropped only if its content changed."""
         problem = share.changed_on_disk()
         if problem is None:
             return True
-        if problem == "modified":
+        if problem in ("modified", "replaced"):
             if share.key not in self._rechecking:
                 self._rechecking.add(share.key)
                 d = self._share_problem(share)
@@ -400,6 +400,14 @@ class PeerNode:
             pf = PieceFile(share.path, manifest)
         except OSError as e:
             log.warn("cannot open {path}: {err}", path=share.path, err=e)
+            return
+        # The file opened must be the one checked and hashed: the path may have
+        # been swapped (for a symlink to someone's private file, say) since.
+        why = share.differs_from(os.fstat(pf.fd))
+        if why is not None:
+            pf.close()
+            log.warn("not serving {path}: the file opened is not the one hashed ({why})",
+                     path=share.path, why=why)
             return
         self.servables[key] = Servable(share.group, manifest, pf, set(range(manifest.pieces)))
 
@@ -628,11 +636,12 @@ class PeerNode:
         except OSError as e:
             raise InvalidArgument("cannot read %s: %s" % (full, e.strerror or e))
         st2 = os.stat(full)
-        if (st2.st_size, st2.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        if (st2.st_size, st2.st_mtime_ns, st2.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino):
             raise InvalidArgument("%s changed while it was hashed; try again" % full)
         result = yield self._request("share_file", group=group, manifest=manifest.to_dict())
         share = Share(group=group, name=name, path=full, manifest=manifest.to_dict(),
                       size=st.st_size, mtime_ns=st.st_mtime_ns, user=self.user)
+        share.record(st)
         old = self.store.shares.get(share.key)
         if old is not None:
             servable = self.servables.get((group, old.manifest["file_hash"]))
@@ -755,10 +764,13 @@ class PeerNode:
             self.notify("download of %s from %s complete: %s (not shared: you ran stop_share)"
                         % (dl.record.name, dl.record.group, dl.record.dest))
         elif dl.status == "C":
-            st = os.stat(dl.record.dest)
+            # The file we wrote and verified, not whatever the path names by now.
+            st = (os.fstat(dl.piece_file.fd) if dl.piece_file is not None and dl.piece_file.fd is not None
+                  else os.stat(dl.record.dest))
             share = Share(group=dl.record.group, name=dl.record.name, path=dl.record.dest,
                           manifest=dl.manifest.to_dict(), size=st.st_size, mtime_ns=st.st_mtime_ns,
                           user=dl.record.user)
+            share.record(st)
             self.store.put_share(share)
             # Keep serving from the very same open file (the rename kept the inode).
             if dl.servable is not None and dl.piece_file is not None:

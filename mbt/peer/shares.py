@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Optional, Tuple
 
@@ -114,6 +115,7 @@ class Share:
     size: int
     mtime_ns: int
     user: str = ""             # whose share ("" in files from before users were recorded)
+    file_id: List[int] = field(default_factory=list)   # [st_dev, st_ino] as hashed ([] in older files)
 
     @property
     def key(self) -> Key:
@@ -123,17 +125,34 @@ class Share:
         """The manifest as an object."""
         return Manifest.from_dict(self.manifest)
 
+    def record(self, st: os.stat_result) -> None:
+        """Remember which file (and which version of it) was hashed."""
+        self.size, self.mtime_ns, self.file_id = st.st_size, st.st_mtime_ns, [st.st_dev, st.st_ino]
+
+    def differs_from(self, st: os.stat_result) -> Optional[str]:
+        """None if ``st`` is the file as hashed, else how it differs.
+
+        "replaced" means another file now stands at the path (a rename over
+        it, or a symlink planted in its place): its content must be checked
+        again before a byte of it is served.
+        """
+        if not stat.S_ISREG(st.st_mode):
+            return "replaced"
+        if st.st_size != self.size:
+            return "size changed"
+        if self.file_id and [st.st_dev, st.st_ino] != self.file_id:
+            return "replaced"
+        if st.st_mtime_ns != self.mtime_ns:
+            return "modified"
+        return None
+
     def changed_on_disk(self) -> Optional[str]:
-        """None if the file is as hashed, else why not (missing, size or mtime changed)."""
+        """None if the file is as hashed, else why not (missing, size changed, replaced, modified)."""
         try:
             st = os.stat(self.path)
         except OSError:
             return "missing"
-        if st.st_size != self.size:
-            return "size changed"
-        if st.st_mtime_ns != self.mtime_ns:
-            return "modified"
-        return None
+        return self.differs_from(st)
 
 
 @dataclass
