@@ -111,15 +111,16 @@ class Cluster:
         """Abrupt death: drop every socket without a goodbye."""
         if node in self.peers:
             self.peers.remove(node)
-        node.tracker._running = False
+        tracker_proto = node.tracker.proto
+        node.tracker.stop()                 # no reconnect, no logout
         for dl in node.downloads.values():
             dl.running = False
             for c in dl.swarm.connections():
                 c.transport.abortConnection()
         for c in list(node.server_factory.connections):
             c.transport.abortConnection()
-        if node.tracker.proto is not None:
-            node.tracker.proto.transport.abortConnection()
+        if tracker_proto is not None:
+            tracker_proto.transport.abortConnection()
         if node.port is not None:
             node.port.stopListening()
 
