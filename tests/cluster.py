@@ -50,17 +50,23 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str
 
 
 class Cluster:
-    """A tracker plus any number of peers, all torn down by ``stop()``."""
+    """A tracker plus any number of peers, all torn down by ``stop()``.
 
-    def __init__(self, root) -> None:
+    With ``store_url`` (a ``postgresql://`` database) the tracker keeps its
+    state there instead of an SQLite state dir (a restarted tracker reads it back).
+    """
+
+    def __init__(self, root, store_url=None) -> None:
         self.root = str(root)
+        self.store_url = store_url
         self.tracker = None
         self.tracker_address = None
         self.peers = []
 
     @defer.inlineCallbacks
     def start_tracker(self, port: int = 0, state: str = "tracker"):
-        svc = TrackerService("tcp:%d:interface=127.0.0.1" % port, os.path.join(self.root, state))
+        svc = TrackerService("tcp:%d:interface=127.0.0.1" % port, os.path.join(self.root, state),
+                             store_url=self.store_url)
         svc.startService()
         p = yield svc.listening
         self.tracker = svc

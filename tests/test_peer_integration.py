@@ -9,8 +9,9 @@ from tests.cluster import Cluster, make_file, sha256_file, wait_download, wait_f
 
 
 @pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
+def cluster(tmp_path, store_url):
+    """A tracker over each store in turn (SQLite, then PostgreSQL) and its peers."""
+    c = Cluster(tmp_path, store_url)
     yield c
     pytest_twisted.blockon(c.stop())
 

@@ -496,3 +496,59 @@ def test_concurrent_shares_on_one_tracker_all_complete(services):
     assert sorted(r["name"] for r in results) == ["f0.bin", "f0.bin", "f1.bin", "f1.bin", "f2.bin", "f2.bin"]
     files = (yield owner.request("list_files", group="club"))["files"]
     assert [(f["name"], f["peers"]) for f in files] == [("f0.bin", 2), ("f1.bin", 2), ("f2.bin", 2)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_request_protocol_over_each_store(services):
+    """The JSON-lines semantics (pipelining, typed errors, sessions, pushes) whatever the store."""
+    from twisted.internet import defer
+    svc = yield services.start()
+    alice = yield user(services, svc, "alice", "127.0.0.1:7001")
+    bob = yield user(services, svc, "bob", "127.0.0.1:7002")
+    pushed = []
+    alice.on_push, bob.on_push = pushed.append, pushed.append
+    # Pipelined: every request sent before any answer; each reply matches its request.
+    replies = yield defer.gatherResults([alice.request("create_group", group="g%d" % i) for i in range(5)]
+                                        + [alice.request("ping")])
+    assert replies == [{"group": "g%d" % i, "owner": "alice"} for i in range(5)] + [{}]
+    yield expect_error(alice.request("login", user="alice", password="pw-alice", address="127.0.0.1:7001"),
+                       "already_logged_in")
+    c = yield connect(services, svc)
+    yield expect_error(c.request("login", user="alice", password="wrong", address="127.0.0.1:1"),
+                       "bad_credentials")
+    yield expect_error(c.request("login", user="nobody", password="wrong", address="127.0.0.1:1"),
+                       "bad_credentials")
+    yield expect_error(c.request("list_files", group="g0"), "not_logged_in")
+    yield expect_error(c.request("no_such_op"), "unknown_op")
+    # Membership notices reach the logged-in user unasked.
+    yield bob.request("join_group", group="g0")
+    yield wait(lambda: {"push": "membership", "kind": "requested", "group": "g0", "user": "bob"} in pushed)
+    yield alice.request("accept_request", group="g0", user="bob")
+    yield wait(lambda: {"push": "membership", "kind": "accepted", "group": "g0", "by": "alice"} in pushed)
+    # Typed state errors, and a share that disappears with its session.
+    yield alice.request("share_file", group="g0", manifest=manifest())
+    digest = (yield alice.request("state_digest"))["digest"]
+    yield alice.request("share_file", group="g0", manifest=manifest())        # re-announce: nothing durable
+    assert (yield alice.request("state_digest"))["digest"] == digest
+    yield expect_error(bob.request("share_file", group="g0", manifest=manifest(h="b")), "file_conflict")
+    yield expect_error(bob.request("get_peers", group="g0", name="nope.bin"), "no_such_file")
+    yield expect_error(bob.request("stop_share", group="g0", name="song.bin"), "not_sharing")
+    yield expect_error(bob.request("accept_request", group="g0", user="carol"), "not_owner")
+    assert who((yield bob.request("get_peers", group="g0", name="song.bin"))["peers"]) == \
+        [{"user": "alice", "address": "127.0.0.1:7001"}]
+    alice.transport.loseConnection()
+    yield wait(lambda: (svc.core.state.list_files("bob", "g0")[0]["peers"] == 0))
+    assert (yield bob.request("get_peers", group="g0", name="song.bin"))["peers"] == []
+    assert (yield bob.request("list_files", group="g0"))["files"][0]["peers"] == 0
+    # Logging in again and re-announcing makes alice a seeder again (the registration is durable).
+    alice = yield user(services, svc, "alice", "127.0.0.1:7001", create=False)
+    yield alice.request("share_file", group="g0", manifest=manifest())
+    assert (yield bob.request("list_files", group="g0"))["files"][0]["peers"] == 1
+    assert (yield alice.request("logout")) == {"user": "alice"}
+    assert (yield bob.request("list_files", group="g0"))["files"][0]["peers"] == 0
+
+
+@pytest_twisted.inlineCallbacks
+def wait(predicate, timeout=10.0):
+    from tests.cluster import wait_for
+    yield wait_for(predicate, timeout)
