@@ -5,7 +5,7 @@ import os
 import pytest
 import pytest_twisted
 
-from tests.cluster import Cluster, make_file, sha256_file, wait_download, wait_for
+from tests.cluster import Cluster, make_file, pause, sha256_file, wait_download, wait_for
 
 
 @pytest.fixture
@@ -39,8 +39,13 @@ def test_group_story_upload_and_download(cluster, tmp_path):
     assert not (tmp_path / "dl" / "song.bin.part").exists()
     shown = yield bob.commands.execute("show_downloads")
     assert shown == "[C] [club] song.bin  %s" % (tmp_path / "dl" / "song.bin")
-    # A completed download is shared onward: two peers now.
-    listing = yield alice.commands.execute("list_files club")
+    # A completed download is shared onward: two peers, once bob's announcement (sent
+    # after the download completed) is through; over PostgreSQL that is a database write.
+    for _ in range(100):
+        listing = yield alice.commands.execute("list_files club")
+        if "2 peers" in listing:
+            break
+        yield pause(0.05)
     assert "2 peers" in listing
 
 
