@@ -1,3 +1,6 @@
-"""twistd plugin module for ``twistd -n mbt-relay``."""
+"""twistd plugin module for ``mbt-relay`` (``Options`` + ``makeService``)."""
 
-from mbt.relay.tap import Options, makeService  # noqa: F401
+from mbt.options import RelayOptions as Options
+from mbt.relay.tap import makeService
+
+__all__ = ["Options", "makeService"]

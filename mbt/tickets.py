@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from mbt.errors import MbtError
+from mbt.errors import BadTicket
 
 #: How long a ticket is valid (seconds).
 TICKET_LIFETIME = 300
@@ -50,8 +50,8 @@ CHALLENGE_BYTES = 32
 _PROOF_CONTEXT = b"mbt/2 hello proof"
 
 
-def _bad(reason: str) -> MbtError:
-    return MbtError(reason, "bad_ticket")
+def _bad(reason: str) -> BadTicket:
+    return BadTicket(reason)
 
 
 def _b64encode(data: bytes) -> str:
@@ -159,17 +159,31 @@ def verify_proof(holder: str, challenge: str, group: str, file_hash: str, user: 
         raise _bad("proof does not verify: the downloader does not hold the ticket's key")
 
 
-def ticket_expiry(ticket: str) -> Optional[int]:
-    """``exp`` of a ticket already verified (or ``None`` if it cannot be read)."""
+def _unverified_field(ticket: str, name: str):
+    """Field ``name`` of a ticket's payload, read without checking the signature (None if unreadable)."""
     try:
-        payload = json.loads(_b64decode(ticket.split(".")[0]))
-        return int(payload["exp"])
+        return json.loads(_b64decode(ticket.split(".")[0]))[name]
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
         return None
 
 
+def ticket_expiry(ticket: str) -> Optional[int]:
+    """``exp`` of a ticket already verified (or ``None`` if it cannot be read)."""
+    exp = _unverified_field(ticket, "exp")
+    try:
+        return int(exp)
+    except (TypeError, ValueError):
+        return None
+
+
+def ticket_holder(ticket: str) -> Optional[str]:
+    """``k`` (the holder's session key) of a ticket already verified (``None`` if it names none)."""
+    holder = _unverified_field(ticket, "k")
+    return holder if isinstance(holder, str) else None
+
+
 def verify_ticket(ticket: str, public_key_hex: str, now: float) -> dict:
-    """Check a ticket; return its payload dict or raise ``MbtError(code="bad_ticket")``.
+    """Check a ticket; return its payload dict or raise :class:`~mbt.errors.BadTicket`.
 
     The message says why: ``malformed ticket ...``, ``ticket signature does not
     verify`` (forged, tampered or signed with another key) or ``ticket expired``.

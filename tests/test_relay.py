@@ -6,7 +6,7 @@ from twisted.internet.testing import StringTransport
 
 from mbt.relay.pairing import Allowance, Pairing, RelayRefused, parse_handshake
 from mbt.relay.server import HANDSHAKE_TIMEOUT, PAIR_TIMEOUT, RelayFactory
-from mbt.relay.tap import Options, makeService
+from mbt.tap_relay import Options, makeService
 
 TOKEN = "t0ken-" + "a" * 20
 

@@ -23,7 +23,8 @@ from mbt.protocols.sync import Mesh, SyncClientProtocol
 from mbt.protocols.tracker import TrackerServerFactory
 from mbt.tracker import sequencer
 from mbt.tracker.oplog import GENESIS, OpLog, chain_hash
-from mbt.tracker.replication import ELECTING, FOLLOWING, LEADING, SYNCING, Replicator, Timing
+from mbt.tracker.election import ELECTING, FOLLOWING, LEADING, SYNCING
+from mbt.tracker.replication import Replicator, Timing
 from mbt.tracker.connection import Connection
 from mbt.tracker.service import TrackerCore
 from mbt.tracker.state import TrackerState

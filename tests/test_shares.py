@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mbt.manifest import PIECE_SIZE, Manifest, hash_file
-from mbt.peer.shares import DownloadRecord, Share, ShareStore
+from mbt.peer.shares import DownloadRecord, DownloadState, Share, ShareStore
 from mbt.peer.storage import PieceFile, bitfield_hex, parse_bitfield
 
 SIZE = 2 * PIECE_SIZE + 777        # three pieces, the last one short
@@ -90,9 +90,23 @@ def test_downloads_round_trip_through_disk(tmp_path, source):
     again.downloads[r.key].have = [0, 1, 2]
     again.save_downloads()
     assert ShareStore(str(tmp_path)).downloads[r.key].have == [0, 1, 2]
-    again.remove_download(r.key)
-    again.remove_download(r.key)
+    again.remove_downloads([r.key])
+    again.remove_downloads([r.key])         # already gone: nothing to do
     assert list(ShareStore(str(tmp_path)).downloads) == [failed.key]
+
+
+def test_download_states_are_kept_as_their_letters(tmp_path, source):
+    store = ShareStore(str(tmp_path))
+    for state, name in zip(DownloadState, ("d.bin", "c.bin", "f.bin")):
+        r = make_record(source, name=name)
+        r.status = state
+        store.put_download(r)
+    saved = json.loads((tmp_path / "downloads.json").read_text())
+    assert [e["status"] for e in saved] == ["D", "C", "F"]
+    again = ShareStore(str(tmp_path)).downloads
+    assert [again[("club", n)].status for n in ("d.bin", "c.bin", "f.bin")] == list(DownloadState)
+    assert all(type(r.status) is DownloadState for r in again.values())
+    assert ["[%s]" % s for s in DownloadState] == ["[D]", "[C]", "[F]"]     # show_downloads' letters
 
 
 def test_state_files_are_private_and_no_temp_file_is_left(tmp_path, source):
@@ -136,7 +150,7 @@ def test_malformed_share_entry_is_skipped_others_kept(tmp_path, source, field, b
 
 
 @pytest.mark.parametrize("field, bad", [("have", "0,1"), ("have", [0, "1"]), ("have", [0.5]),
-                                        ("dest", None), ("manifest", {})])
+                                        ("dest", None), ("manifest", {}), ("status", "X"), ("status", 3)])
 def test_malformed_download_entry_is_skipped_others_kept(tmp_path, source, field, bad):
     good = make_record(source, name="good.bin")
     broken = make_record(source, name="broken.bin").__dict__.copy()

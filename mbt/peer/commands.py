@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from mbt.errors import MbtError, UsageError
 from mbt.peer.download import DownloadProgress
 from mbt.peer.ratelimit import parse_rate
+from mbt.peer.shares import DownloadState
 
 log = Logger(namespace="mbt.commands")
 
@@ -74,9 +75,9 @@ def _rate(bps: float) -> str:
 def download_line(p: DownloadProgress) -> str:
     """One ``show_downloads`` line: ``[D] [group] name  42% 3.1 MB/s 2 peers``."""
     head = "[%s] [%s] %s" % (p.status, p.group, p.name)
-    if p.status == "C":
+    if p.status == DownloadState.COMPLETE:
         return "%s  %s" % (head, p.dest)
-    if p.status == "F":
+    if p.status == DownloadState.FAILED:
         return "%s  %s" % (head, p.reason)
     if not p.running:
         # Not live: no rate, no peers (they would be stale figures).

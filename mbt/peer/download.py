@@ -28,7 +28,7 @@ from mbt.manifest import Manifest
 from mbt.peer.picker import BLOCK_SIZE, BlockRequest, PiecePicker
 from mbt.peer.ratelimit import RateMeter
 from mbt.peer.serving import Servable
-from mbt.peer.shares import DownloadRecord
+from mbt.peer.shares import DownloadRecord, DownloadState
 from mbt.peer.storage import PieceFile, UnsafePartFile, WholeFileHash
 from mbt.peer.swarm import Swarm
 from mbt.protocols.peer import PeerClientProtocol
@@ -55,7 +55,7 @@ MAX_VERIFY_BACKLOG = 24
 class DownloadProgress:
     """What ``show_downloads`` shows of one download (formatted in :mod:`mbt.peer.commands`)."""
 
-    status: str         # "D" running or paused, "C" complete, "F" failed
+    status: DownloadState
     group: str
     name: str
     dest: str           # where the file goes
@@ -130,7 +130,7 @@ class Download:
     def percent(self) -> float:
         """Verified share of the file, 0-100."""
         if not self.manifest.size:
-            return 100.0 if self.status == "C" else 0.0
+            return 100.0 if self.status == DownloadState.COMPLETE else 0.0
         return 100.0 * self.verified_bytes / self.manifest.size
 
     def progress(self) -> DownloadProgress:
@@ -151,7 +151,7 @@ class Download:
         """One character per piece: ``v`` verified, ``f`` in flight (requested or
         being checked), ``.`` missing."""
         n = self.manifest.pieces
-        if self.status == "C":
+        if self.status == DownloadState.COMPLETE:
             return "v" * n
         cells = bytearray(b"." * n)
         busy = set(self.verifying)
@@ -188,7 +188,7 @@ class Download:
 
     @defer.inlineCallbacks
     def _start(self):
-        if self.running or self.status != "D":
+        if self.running or self.status != DownloadState.RUNNING:
             return
         self.running = True
         self.started_at = self.last_peer_time = self.now()
@@ -262,15 +262,15 @@ class Download:
 
     def fail(self, reason: str) -> None:
         """End as failed: nothing at the destination, the ``.part`` file removed."""
-        if self.status != "D":
+        if self.status != DownloadState.RUNNING:
             return
         log.warn("download of {name} failed: {reason}", name=self.record.name, reason=reason)
-        self.status, self.reason = "F", reason
+        self.status, self.reason = DownloadState.FAILED, reason
         self.running = False
         self._stop_activity()
         self._close_storage(remove_part=True)
         self._release_buffers()
-        self.record.status, self.record.reason, self.record.have = "F", reason, []
+        self.record.status, self.record.reason, self.record.have = DownloadState.FAILED, reason, []
         self.node.download_ended(self)
 
     def _release_buffers(self) -> None:
@@ -322,7 +322,7 @@ class Download:
             elif waited > 5:
                 self.note = "no peer sharing it right now; waiting %ds" % waited
         self.swarm.tick(now, len(ready))
-        if self.status != "D":
+        if self.status != DownloadState.RUNNING:
             return
         for conn in ready:
             self._fill(conn)
@@ -447,7 +447,7 @@ class Download:
             self.verifying.discard(index)
             if len(buf) == self.manifest.piece_size and len(self._spare) < MAX_VERIFY_BACKLOG:
                 self._spare.append(buf)     # the worker thread is done with it
-            if self.status != "D" or self.picker is None:
+            if self.status != DownloadState.RUNNING or self.picker is None:
                 return
             if ok:
                 self.picker.piece_verified(index)
@@ -481,7 +481,7 @@ class Download:
 
     @defer.inlineCallbacks
     def _finish(self):
-        if self.status != "D" or not self.running:
+        if self.status != DownloadState.RUNNING or not self.running:
             return
         self.running = False
         self._stop_activity()
@@ -498,7 +498,7 @@ class Download:
             except (IOError, OSError) as e:
                 self.fail("cannot read back %s: %s" % (self.record.part_path, e))
                 return
-            if self.status != "D":
+            if self.status != DownloadState.RUNNING:
                 return
             if not ok:
                 self.fail("whole-file hash mismatch; nothing saved")
@@ -522,8 +522,7 @@ class Download:
                 os.unlink(self.record.part_path)
             except OSError:
                 pass
-        self.status = "C"
-        self.record.status = "C"
+        self.status = self.record.status = DownloadState.COMPLETE
         self.record.have = []
         self._release_buffers()
         self.note = ""

@@ -8,9 +8,7 @@ the console lives in :mod:`mbt.peer.commands`.
 
 from __future__ import annotations
 
-import base64
 import hmac
-import json
 import os
 import random
 from typing import Callable, Dict, List, Optional, Tuple
@@ -18,7 +16,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
-from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, check_file_name, check_id
+from mbt.errors import (AlreadyDownloading, AlreadyLoggedIn, AlreadyShared, BadTicket, FileConflict, InvalidArgument,
+                        MbtError, NoPeers, NoSuchGroup, NotLoggedIn, NotMember, NotSharing, check_file_name, check_id)
 from mbt.manifest import Manifest, hash_file
 from mbt.peer.download import Download, DownloadProgress
 from mbt.peer.ratelimit import TokenBucket
@@ -27,7 +26,7 @@ from mbt.tickets import verify_ticket
 from mbt.trackertime import TrackerClock
 from mbt.tls import TLSConfig, server_endpoint
 from mbt.peer.serving import Servable
-from mbt.peer.shares import DownloadRecord, Share, ShareStore
+from mbt.peer.shares import DownloadRecord, DownloadState, Share, ShareStore
 from mbt.peer.storage import PieceFile
 from mbt.peer.swarm import TICKET_REFRESH
 from mbt.peer.tracker_client import TrackerClient
@@ -113,7 +112,7 @@ class PeerNode:
 
     def running_downloads(self) -> int:
         """How many downloads are fetching right now (``quit`` pauses them)."""
-        return sum(1 for dl in self.downloads.values() if dl.status == "D" and dl.running)
+        return sum(1 for dl in self.downloads.values() if dl.status == DownloadState.RUNNING and dl.running)
 
     def set_upload_rate(self, rate: float) -> None:
         """Change the upload cap live and keep it in the state dir for later runs."""
@@ -141,7 +140,7 @@ class PeerNode:
         """Close what we serve, except running downloads' .part files: those stay
         open for a verification still writing in a thread and for the resume."""
         downloading = {id(dl.servable) for dl in self.downloads.values()
-                       if dl.servable is not None and dl.status == "D"}
+                       if dl.servable is not None and dl.status == DownloadState.RUNNING}
         for s in self.servables.values():
             if id(s) not in downloading:
                 s.piece_file.close()
@@ -191,7 +190,7 @@ class PeerNode:
         """Log in, then re-announce every share and resume unfinished downloads."""
         check_id("user id", user)
         if self.user is not None:
-            raise MbtError("already logged in as %s; logout first" % self.user, "already_logged_in")
+            raise AlreadyLoggedIn("already logged in as %s; logout first" % self.user)
         key = tickets.new_session_key()
         sent = self.reactor.seconds()
         reply = yield self.tracker.request("login", user=user, password=password, address=self.address,
@@ -266,12 +265,12 @@ class PeerNode:
             pass
         shared, warnings = yield self._announce_all(raw=True)
         for dl in self.downloads.values():
-            if dl.status == "D" and dl.have:
+            if dl.status == DownloadState.RUNNING and dl.have:
                 client.raw_request("share_file", group=dl.record.group,
                                    manifest=dl.manifest.to_dict()).addErrback(lambda f: None)
         self.notify("logged back in as %s; sharing %d file%s" % (self.user, shared, "" if shared == 1 else "s"))
         for dl in list(self.downloads.values()):
-            if dl.status == "D":
+            if dl.status == DownloadState.RUNNING:
                 dl.tracker_back()       # no stale "(tracker: connection ... lost)" on its line
         for w in warnings:
             self.notify(w)
@@ -292,7 +291,7 @@ class PeerNode:
             try:
                 yield request("share_file", group=share.group, manifest=share.manifest)
             except MbtError as e:
-                if e.code in ("not_member", "no_such_group", "file_conflict"):
+                if isinstance(e, (NotMember, NoSuchGroup, FileConflict)):
                     self.store.remove_share(share.key)
                     warnings.append("warning: stopped sharing %s in %s: %s" % (share.name, share.group, e.message))
                 else:
@@ -414,7 +413,7 @@ class PeerNode:
     def _resume_downloads(self) -> int:
         count = 0
         for dl in self.downloads.values():
-            if dl.status == "D" and not dl.running and dl.record.user in ("", self.user):
+            if dl.status == DownloadState.RUNNING and not dl.running and dl.record.user in ("", self.user):
                 dl.start()
                 count += 1
         return count
@@ -429,7 +428,7 @@ class PeerNode:
         in their group, only while its user is logged in.
         """
         if self.user is None:
-            raise MbtError("this peer is not sharing right now (logged out)", "not_sharing")
+            raise NotSharing("this peer is not sharing right now (logged out)")
         servable = self.servables.get((group, file_hash))
         if servable is not None:
             share = self.store.shares.get((group, servable.manifest.name))
@@ -437,7 +436,7 @@ class PeerNode:
                     and not self.check_share(share)):
                 servable = None     # deleted or changed since it was hashed
         if servable is None:
-            raise MbtError("no such file shared here in group %s" % group[:64], "not_sharing")
+            raise NotSharing("no such file shared here in group %s" % group[:64])
         self._check_ticket(group, file_hash, user, ticket, remote)
         return servable
 
@@ -445,33 +444,33 @@ class PeerNode:
                       remote: str) -> dict:
         """Only a member the tracker vouches for right now gets a byte."""
         if self.ticket_key is None:
-            raise MbtError("this peer cannot check tickets yet (no tracker key)", "not_sharing")
+            raise NotSharing("this peer cannot check tickets yet (no tracker key)")
         if not ticket:
-            raise MbtError("a ticket from the tracker is required (get_ticket)", "bad_ticket")
+            raise BadTicket("a ticket from the tracker is required (get_ticket)")
         payload = verify_ticket(ticket, self.ticket_key, self.tracker_now())
         if payload["g"] != group or payload["h"] != file_hash:
-            raise MbtError("ticket is for another file or group", "bad_ticket")
+            raise BadTicket("ticket is for another file or group")
         if payload["u"] != user:
-            raise MbtError("ticket is for another user", "bad_ticket")
+            raise BadTicket("ticket is for another user")
         if "k" not in payload:
             # An mbt/1 ticket names an address, which says nothing behind NAT.
-            raise MbtError("ticket is not bound to a key (an mbt/1 ticket); upgrade mbt", "bad_ticket")
+            raise BadTicket("ticket is not bound to a key (an mbt/1 ticket); upgrade mbt")
         return payload
 
     @staticmethod
     def ticket_expires(ticket: Optional[str]) -> Optional[float]:
         """Expiry (tracker time) of a ticket that :meth:`open_servable` has just verified."""
-        return float(json.loads(base64.urlsafe_b64decode(ticket.split(".")[0] + "==="))["exp"])
+        return float(tickets.ticket_expiry(ticket))
 
     @staticmethod
     def ticket_holder(ticket: Optional[str]) -> str:
         """The session key a ticket :meth:`open_servable` has just verified names."""
-        return json.loads(base64.urlsafe_b64decode(ticket.split(".")[0] + "==="))["k"]
+        return tickets.ticket_holder(ticket)
 
     def prove(self, challenge: str, group: str, file_hash: str) -> str:
         """Our ``PROOF`` for a server's challenge: signed with this login's key."""
         if self.session_key is None:
-            raise MbtError("not logged in", "not_logged_in")
+            raise NotLoggedIn("not logged in")
         return tickets.sign_challenge(self.session_key, challenge, group, file_hash, self.user or "-")
 
     # -- tracker time ---------------------------------------------------------
@@ -575,7 +574,7 @@ class PeerNode:
                 self.unregister_servable(servable)
                 servable.piece_file.close()
         for dl in self.downloads.values():
-            if dl.record.group == group and dl.status == "D":
+            if dl.record.group == group and dl.status == DownloadState.RUNNING:
                 dl.fail("left group %s" % group)
         return result
 
@@ -688,21 +687,18 @@ class PeerNode:
         user = self.user
         info = yield self._request("get_peers", group=group, name=name)
         if self.user != user:
-            raise MbtError("you logged out while the download was being set up; nothing started",
-                           "not_logged_in")
+            raise NotLoggedIn("you logged out while the download was being set up; nothing started")
         manifest = Manifest.from_dict(info.get("manifest"))
         # What we have ourselves before who else has it: the tracker never lists
         # our own peer, so "nobody is sharing" would be wrong if we do.
         current = self.downloads.get((group, name))
-        if current is not None and current.status == "D":
-            raise MbtError("already downloading %s from %s into %s" % (name, group, current.record.dest),
-                           "already_downloading")
+        if current is not None and current.status == DownloadState.RUNNING:
+            raise AlreadyDownloading("already downloading %s from %s into %s" % (name, group, current.record.dest))
         share = self.store.shares.get((group, name))
         if share is not None and (self.check_share(share) or self.store.shares.get(share.key) is share):
-            raise MbtError("you already share %s in %s (%s)" % (name, group, share.path), "already_shared")
+            raise AlreadyShared("you already share %s in %s (%s)" % (name, group, share.path))
         if not info.get("peers"):
-            raise MbtError("nobody is sharing %s in %s right now; try again later" % (name, group),
-                           "no_peers")
+            raise NoPeers("nobody is sharing %s in %s right now; try again later" % (name, group))
         if not destination.strip():
             raise InvalidArgument("empty destination; give a directory or a new file path")
         dest = self.resolve_path(destination)
@@ -718,7 +714,7 @@ class PeerNode:
             raise InvalidArgument("%s already exists; it is never overwritten" % dest)
         if not os.access(os.path.dirname(dest), os.W_OK):
             raise InvalidArgument("cannot write to %s: permission denied" % os.path.dirname(dest))
-        if any(d.record.dest == dest and d.status == "D" for d in self.downloads.values()):
+        if any(d.record.dest == dest and d.status == DownloadState.RUNNING for d in self.downloads.values()):
             raise InvalidArgument("another download is writing to %s" % dest)
         if os.path.lexists(dest + ".part"):
             raise InvalidArgument("%s.part exists (another program's partial file?); remove it first" % dest)
@@ -750,20 +746,18 @@ class PeerNode:
         A completed file stays where it is and stays shared: only its line goes.
         """
         done = [key for key, dl in self.downloads.items()
-                if dl.status in ("C", "F") and self._mine(dl.record.user)]
+                if dl.status in (DownloadState.COMPLETE, DownloadState.FAILED) and self._mine(dl.record.user)]
         for key in done:
             del self.downloads[key]
-            self.store.downloads.pop(key, None)
-        if done:
-            self.store.save_downloads()
+        self.store.remove_downloads(done)
         return len(done)
 
     def download_ended(self, dl: Download) -> None:
         """A download completed or failed: persist, and share a complete file."""
-        if dl.status == "C" and dl.no_share:
+        if dl.status == DownloadState.COMPLETE and dl.no_share:
             self.notify("download of %s from %s complete: %s (not shared: you ran stop_share)"
                         % (dl.record.name, dl.record.group, dl.record.dest))
-        elif dl.status == "C":
+        elif dl.status == DownloadState.COMPLETE:
             # The file we wrote and verified, not whatever the path names by now.
             st = (os.fstat(dl.piece_file.fd) if dl.piece_file is not None and dl.piece_file.fd is not None
                   else os.stat(dl.record.dest))

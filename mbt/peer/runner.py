@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import List, Optional
+from typing import Optional
 
 from twisted.application import service
 from twisted.internet import defer, endpoints

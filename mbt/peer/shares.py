@@ -12,11 +12,12 @@ Two small JSON files, each rewritten atomically (temp file + rename, mode 0600):
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import stat
 from dataclasses import asdict, dataclass, field, fields
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from twisted.logger import Logger
 
@@ -155,6 +156,18 @@ class Share:
         return self.differs_from(st)
 
 
+class DownloadState(str, enum.Enum):
+    """Where a download stands. The value is the letter ``show_downloads``
+    prints (``[D]``) and ``downloads.json`` keeps, so both stay as they were."""
+
+    RUNNING = "D"       # running, or paused until the next login
+    COMPLETE = "C"
+    FAILED = "F"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class DownloadRecord:
     """A download's durable progress."""
@@ -164,9 +177,15 @@ class DownloadRecord:
     dest: str
     manifest: dict
     have: List[int] = field(default_factory=list)
-    status: str = "D"           # D running, C complete, F failed
+    status: str = DownloadState.RUNNING     # a DownloadState (stored as its letter)
     reason: str = ""
     user: str = ""              # who started it ("" in older files)
+
+    def __post_init__(self) -> None:
+        try:
+            self.status = DownloadState(self.status)
+        except ValueError:
+            raise TypeError("status %r is not one of D, C, F" % (self.status,)) from None
 
     @property
     def key(self) -> Key:
@@ -217,9 +236,10 @@ class ShareStore:
         self.downloads[record.key] = record
         self.save_downloads()
 
-    def remove_download(self, key: Key) -> None:
-        """Forget a download record and save."""
-        if self.downloads.pop(key, None) is not None:
+    def remove_downloads(self, keys: Iterable[Key]) -> None:
+        """Forget these download records and save (once, if any was known)."""
+        gone = [key for key in keys if self.downloads.pop(key, None) is not None]
+        if gone:
             self.save_downloads()
 
     def save_downloads(self) -> None:

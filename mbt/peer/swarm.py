@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Set
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
-from mbt.errors import MbtError
+from mbt.errors import MbtError, NoSuchFile, NoSuchGroup, NotMember
 from mbt.protocols.peer import PeerClientProtocol, hello_line
 from mbt.tls import client_endpoint
 from mbt.trackerinfo import parse_address
@@ -40,7 +40,7 @@ TICKET_REFRESH = 120.0
 #: Seconds to wait for a TCP (or TLS) connection to a peer.
 CONNECT_TIMEOUT = 5
 #: Tracker answers that end the download: the file or our membership is gone.
-FATAL_TRACKER_CODES = ("no_such_file", "not_member", "no_such_group")
+FATAL_TRACKER_ERRORS = (NoSuchFile, NotMember, NoSuchGroup)
 
 
 class _ClientFactory(protocol.Factory):
@@ -146,7 +146,7 @@ class Swarm:
         def failed(f):
             f.trap(MbtError)
             self.download.note = "tracker: %s" % f.value.message
-            if f.value.code in FATAL_TRACKER_CODES:
+            if f.check(*FATAL_TRACKER_ERRORS):
                 self.download.fail(f.value.message)
 
         def done(_):

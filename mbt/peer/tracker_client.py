@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mbt.errors import MbtError, TrackerUnavailable
+from mbt.errors import CatchingUp, TrackerUnavailable
 from mbt.protocols.tracker import TrackerClientProtocol
 from mbt.timers import cancel_pending
 from mbt.tls import client_endpoint
@@ -295,7 +295,7 @@ class TrackerClient:
         d = self._request_once(op, args)
 
         def retry(f):
-            if f.check(MbtError) and f.value.code == "catching_up" and len(self.trackers) > 1:
+            if f.check(CatchingUp) and len(self.trackers) > 1:
                 return self._request_once(op, args)
             return f
         return d.addErrback(retry)
@@ -352,7 +352,7 @@ class TrackerClient:
 
     def _with_timeout(self, proto: TrackerClientProtocol, d: defer.Deferred) -> defer.Deferred:
         def check(f):
-            if f.check(MbtError) and f.value.code == "catching_up":
+            if f.check(CatchingUp):
                 self._catching_up(proto)
             return f
         d.addErrback(check)

@@ -39,7 +39,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
-from mbt.errors import MbtError
+from mbt.errors import BadTicket, MbtError
 from mbt.manifest import MAX_FILE_SIZE, piece_count
 from mbt.protocols.direct import DirectWriter
 from mbt.tickets import new_challenge, verify_proof
@@ -289,7 +289,7 @@ class PeerServerProtocol(LineReceiver, TimeoutMixin):
             node.open_servable(self.servable.group, self.servable.manifest.file_hash,
                                self.user, args[0], self.remote)
             if node.ticket_holder(args[0]) != self.holder:
-                raise MbtError("renewed ticket is for another key", "bad_ticket")
+                raise BadTicket("renewed ticket is for another key")
         except MbtError as e:
             self.sendLine(("ERROR " + e.message).encode("ascii", "replace"))
             return self._close("refused TICKET: %s" % e.message)

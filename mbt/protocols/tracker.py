@@ -22,7 +22,8 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from mbt.errors import MbtError, TrackerUnavailable
+from mbt.errors import (BadJson, BadRequest, Busy, Internal, LineTimeout, LineTooLong, MbtError, TrackerUnavailable,
+                        error_from_wire)
 from mbt.protocols.jsonlines import encode
 from mbt.protocols.limits import HangUp, HostCounts
 from mbt.protocols.lines import BoundedLineReceiver, LineBudget
@@ -55,9 +56,9 @@ TOTAL_LINE_BUDGET = 2 * MAX_LINE
 LONG_LINE_DEADLINE = 120.0
 
 
-def error_reply(req_id, code: str, message: str) -> dict:
-    """A typed error reply."""
-    return {"id": req_id, "error": {"code": code, "message": message}}
+def error_reply(req_id, err: MbtError) -> dict:
+    """The reply carrying ``err``: ``{"id": ..., "error": {"code": ..., "message": ...}}``."""
+    return {"id": req_id, "error": err.to_wire()}
 
 
 class TrackerServerProtocol(BoundedLineReceiver, TimeoutMixin):
@@ -109,7 +110,7 @@ class TrackerServerProtocol(BoundedLineReceiver, TimeoutMixin):
     def lineLengthExceeded(self, line: bytes) -> None:
         log.warn("line over {max} bytes from {remote}; closing", max=self.MAX_LENGTH, remote=self.conn.remote)
         if self.sync is None:
-            self._send(error_reply(None, "line_too_long", "line longer than %d bytes" % self.MAX_LENGTH))
+            self._send(error_reply(None, LineTooLong("line longer than %d bytes" % self.MAX_LENGTH)))
         self.transport.loseConnection()
 
     def lineBudgetExceeded(self) -> None:
@@ -117,15 +118,15 @@ class TrackerServerProtocol(BoundedLineReceiver, TimeoutMixin):
                  "closing", remote=self.conn.remote, host=self.factory.line_budget.by_host.get(self.host, 0),
                  total=self.factory.line_budget.used)
         if self.sync is None:
-            self._send(error_reply(None, "busy", "the tracker holds too many long lines; try again later"))
+            self._send(error_reply(None, Busy("the tracker holds too many long lines; try again later")))
         self.transport.loseConnection()
 
     def lineDeadlineExceeded(self) -> None:
         log.warn("a long line from {remote} took over {t} s; closing", remote=self.conn.remote,
                  t=self.LONG_LINE_DEADLINE)
         if self.sync is None:
-            self._send(error_reply(None, "line_timeout", "a line over 64 KiB must arrive within %d s"
-                                   % self.LONG_LINE_DEADLINE))
+            self._send(error_reply(None, LineTimeout("a line over 64 KiB must arrive within %d s"
+                                                     % self.LONG_LINE_DEADLINE)))
         self.transport.loseConnection()
 
     def lineReceived(self, line: bytes) -> None:
@@ -142,7 +143,7 @@ class TrackerServerProtocol(BoundedLineReceiver, TimeoutMixin):
         try:
             req = json.loads(line)
         except (ValueError, UnicodeDecodeError, RecursionError):   # RecursionError: nested too deep
-            self._send(error_reply(None, "bad_json", "a request is one JSON object per line"))
+            self._send(error_reply(None, BadJson("a request is one JSON object per line")))
             return
         if first and self.factory.mesh is not None and is_sync_hello(req):
             # Another tracker: from now on this connection is a sync channel.
@@ -152,14 +153,14 @@ class TrackerServerProtocol(BoundedLineReceiver, TimeoutMixin):
             self._sync_limits()
             return
         if not isinstance(req, dict):
-            self._send(error_reply(None, "bad_request", "a request must be a JSON object"))
+            self._send(error_reply(None, BadRequest("a request must be a JSON object")))
             return
         req_id = req.get("id")
         if not isinstance(req_id, (int, str)) or isinstance(req_id, bool) or len(str(req_id)) > 64:
-            self._send(error_reply(None, "bad_request", "every request needs an \"id\" (integer or short string)"))
+            self._send(error_reply(None, BadRequest("every request needs an \"id\" (integer or short string)")))
             return
         if self.in_flight >= MAX_IN_FLIGHT:
-            self._send(error_reply(req_id, "busy", "too many requests in flight on this connection"))
+            self._send(error_reply(req_id, Busy("too many requests in flight on this connection")))
             return
         self.in_flight += 1
         op = req.get("op")
@@ -191,11 +192,11 @@ class TrackerServerProtocol(BoundedLineReceiver, TimeoutMixin):
             err = failure.value
             log.info("{op} by {user} from {remote}: {code}", op=op, user=self.conn.user,
                      remote=self.conn.remote, code=err.code)
-            self._send(error_reply(req_id, err.code, err.message))
+            self._send(error_reply(req_id, err))
         else:
             # Never send internal details to the remote side; log them here.
             log.failure("{op} from {remote} failed internally", failure, op=op, remote=self.conn.remote)
-            self._send(error_reply(req_id, "internal", "internal tracker error"))
+            self._send(error_reply(req_id, Internal()))
 
     def _send(self, obj: dict) -> None:
         if self.transport is not None and self.connected:
@@ -234,9 +235,9 @@ class TrackerServerFactory(protocol.ServerFactory):
 class TrackerClientProtocol(BoundedLineReceiver):
     """Client side: ``request(op, **args)`` returns a Deferred of the ``ok`` dict.
 
-    A typed error reply fails the Deferred with :class:`MbtError` carrying the
-    tracker's code and message; a lost connection fails every pending request
-    with :class:`TrackerUnavailable`.
+    A typed error reply fails the Deferred with the :class:`MbtError` subclass
+    of the tracker's code (:func:`mbt.errors.error_from_wire`); a lost
+    connection fails every pending request with :class:`TrackerUnavailable`.
     """
 
     delimiter = b"\n"
@@ -285,10 +286,7 @@ class TrackerClientProtocol(BoundedLineReceiver):
         if "ok" in reply:
             d.callback(reply["ok"] if isinstance(reply["ok"], dict) else {})
         else:
-            err = reply.get("error")
-            if not isinstance(err, dict):
-                err = {}
-            d.errback(MbtError(str(err.get("message", "tracker error")), str(err.get("code", "error"))))
+            d.errback(error_from_wire(reply.get("error")))
 
     def lineLengthExceeded(self, line: bytes) -> None:
         log.warn("tracker sent an over-long line; closing")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from twisted.application import internet, service
 from twisted.internet import endpoints
 
-from mbt.options import RelayOptions as Options  # noqa: F401  (the twistd plugin's Options)
 from mbt.relay.server import RelayFactory
 
 

@@ -33,9 +33,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mbt.errors import MbtError
+from mbt.errors import CatchingUp, Internal, MbtError, NotLeader, Unconfirmed, error_from_wire
 from mbt.tracker import election, snapshot
-from mbt.tracker.election import ELECTING, FOLLOWING, LEADING, ROLES, SYNCING  # noqa: F401 (re-exported)
+from mbt.tracker.election import ELECTING, FOLLOWING, LEADING, ROLES, SYNCING
 from mbt.tracker.oplog import GENESIS, LogMismatch, OpLog
 from mbt.tracker.login_budget import SharedLoginGuard
 from mbt.tracker.presence import PRESENCE_EXPIRY, PresenceGossip
@@ -60,10 +60,10 @@ class Timing:
     presence_expiry: float = PRESENCE_EXPIRY
 
 
-def catching_up(number: int) -> MbtError:
+def catching_up(number: int) -> CatchingUp:
     """The error a client gets from a tracker that cannot serve current state yet."""
-    return MbtError("tracker %d is catching up with the other trackers; try again or use another tracker"
-                    % number, "catching_up")
+    return CatchingUp("tracker %d is catching up with the other trackers; try again or use another tracker"
+                      % number)
 
 
 def new_oid(number: int) -> str:
@@ -296,8 +296,8 @@ class Replicator:
         proposal = self._pending.pop(oid, None)
         if proposal is None:
             return
-        err = MbtError("the trackers did not confirm this change within %.0f s; it may or may not have"
-                       " been applied" % self.timing.propose_timeout, "unconfirmed")
+        err = Unconfirmed("the trackers did not confirm this change within %.0f s; it may or may not have"
+                          " been applied" % self.timing.propose_timeout)
         for d in proposal.waiters:
             d.errback(err)
 
@@ -542,10 +542,10 @@ class Replicator:
             self._reproposing = False
             if isinstance(result, Failure):
                 err = result.value
-                if isinstance(err, MbtError) and err.code in ("catching_up", "unconfirmed"):
+                if isinstance(err, (CatchingUp, Unconfirmed)):
                     return None                 # keep it; try again when serving next time
                 log.warn("dropped divergent operation {op}: {code}", op=describe(op),
-                         code=err.code if isinstance(err, MbtError) else "internal")
+                         code=err.code if isinstance(err, MbtError) else Internal.code)
                 if isinstance(err, MbtError):
                     self.on_orphan_dropped(op, err)
             else:
@@ -680,7 +680,7 @@ class Replicator:
         op = dict(_op(msg["op"]), oid=pid)
         link = p.link
         if self.role != LEADING:
-            link.send({"t": "result", "pid": pid, "error": {"code": "not_leader", "message": "not the leader"}})
+            link.send({"t": "result", "pid": pid, "error": NotLeader().to_wire()})
             return
 
         def ok(result):
@@ -688,11 +688,11 @@ class Replicator:
 
         def failed(f):
             if f.check(MbtError):
-                err = {"code": f.value.code, "message": f.value.message}
+                err = f.value
             else:
                 log.failure("forwarded write {op} failed internally", f, op=describe(op))
-                err = {"code": "internal", "message": "internal tracker error"}
-            link.send({"t": "result", "pid": pid, "error": err})
+                err = Internal()
+            link.send({"t": "result", "pid": pid, "error": err.to_wire()})
         self.sequencer.write(op).addCallbacks(ok, failed)
 
     def _on_result(self, p: PeerView, msg: dict) -> None:
@@ -700,14 +700,14 @@ class Replicator:
         proposal = self._pending.get(pid) if isinstance(pid, str) else None
         if proposal is None or proposal.sent_to != p.number:
             return
-        err = msg.get("error")
-        if isinstance(err, dict) and err.get("code") == "not_leader":
+        err = error_from_wire(msg["error"]) if isinstance(msg.get("error"), dict) else None
+        if isinstance(err, NotLeader):
             proposal.sent_to = None             # wait for the next leader
             return
         del self._pending[pid]
         proposal.timer = cancel_pending(proposal.timer)
-        if isinstance(err, dict):
-            failure = Failure(MbtError(str(err.get("message", "tracker error")), str(err.get("code", "error"))))
+        if err is not None:
+            failure = Failure(err)
             for d in proposal.waiters:
                 d.errback(failure)
         else:

@@ -24,7 +24,9 @@ from twisted.logger import Logger
 
 from mbt import passwords, tickets
 from mbt.throttle import LoginGuard
-from mbt.errors import InvalidArgument, MbtError, NotLoggedIn, TrackerUnavailable, check_file_name, check_id
+from mbt.errors import (AlreadyLoggedIn, BadCredentials, InvalidArgument, MbtError, NoSuchPeer, NotLoggedIn,
+                        RateLimited, TrackerUnavailable, UnknownOp, Unreachable, UserExists, check_file_name,
+                        check_id)
 from mbt.manifest import HASH_HEX_LEN, Manifest
 from mbt.protocols.sync import Mesh
 from mbt.protocols.tracker import TrackerServerFactory
@@ -157,7 +159,7 @@ class TrackerCore:
     def _run(self, op: object, conn: Connection, req: dict) -> defer.Deferred:
         entry = self._handlers.get(op) if isinstance(op, str) else None
         if entry is None:
-            return defer.fail(MbtError("unknown operation %r" % (op,), "unknown_op"))
+            return defer.fail(UnknownOp("unknown operation %r" % (op,)))
         handler, needs_login = entry
         if needs_login and conn.user is None:
             return defer.fail(NotLoggedIn())
@@ -230,7 +232,7 @@ class TrackerCore:
         user = check_id("user id", req.get("user"))
         pw = _password(req)
         if self.state.password_record(user) is not None:
-            raise MbtError("user %s already exists" % user, "user_exists")
+            raise UserExists("user %s already exists" % user)
         # Hashed here, on the tracker the client talks to: the replicated
         # operation carries only the record, never the password.
         record = yield self.run_in_thread(passwords.make_record, pw)
@@ -253,20 +255,20 @@ class TrackerCore:
             except MbtError:
                 raise InvalidArgument("session_key must be 64 lowercase hex digits (an Ed25519 public key)")
         if conn.user is not None:
-            raise MbtError("already logged in as %s; logout first" % conn.user, "already_logged_in")
+            raise AlreadyLoggedIn("already logged in as %s; logout first" % conn.user)
         client_host = conn.remote.rsplit(":", 1)[0]
         # The attempt counts before its password is checked (parallel ones too).
         wait = self.login_guard.admit(user, client_host)
         if wait is not None:
-            raise MbtError("too many failed logins; try again in %d s" % (int(wait) + 1), "rate_limited")
+            raise RateLimited("too many failed logins; try again in %d s" % (int(wait) + 1))
         ok = yield self.run_in_thread(passwords.verify, self.state.password_record(user), pw)
         if not ok:
             self.login_guard.failed(user, client_host)
             # One message for a missing user and a wrong password: no user enumeration.
-            raise MbtError("wrong user id or password", "bad_credentials")
+            raise BadCredentials("wrong user id or password")
         self.login_guard.succeeded(user, client_host)
         if conn.user is not None:   # a racing second login on the same connection
-            raise MbtError("already logged in as %s; logout first" % conn.user, "already_logged_in")
+            raise AlreadyLoggedIn("already logged in as %s; logout first" % conn.user)
         if conn.closed:             # the peer hung up while its password was checked
             raise TrackerUnavailable("connection closed during login")
         self._session_counter += 1
@@ -315,7 +317,7 @@ class TrackerCore:
         target_id = req.get("peer")
         target = self._by_session.get(target_id) if isinstance(target_id, str) else None
         if target is None or target.session_id != target_id:
-            raise MbtError("that peer is not connected to this tracker", "no_such_peer")
+            raise NoSuchPeer("that peer is not connected to this tracker")
         token = secrets.token_urlsafe(24)
         message = {"push": "dial", "token": token, "group": group, "file_hash": file_hash}
         if self.reachable.get(conn.session_id):
@@ -324,8 +326,7 @@ class TrackerCore:
             relay = self.relays[secrets.randbelow(len(self.relays))]
             message.update(via="relay", relay=relay)
         else:
-            raise MbtError("neither peer accepts connections and no relay is listed in TRACKER_INFO",
-                           "unreachable")
+            raise Unreachable("neither peer accepts connections and no relay is listed in TRACKER_INFO")
         target.push(message)
         reply = {"via": message["via"], "token": token}
         if "relay" in message:

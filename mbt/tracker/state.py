@@ -30,12 +30,10 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
 
-from mbt.errors import MbtError, check_file_name, check_id
+from mbt.errors import (AlreadyMember, AlreadyRequested, FileConflict, GroupExists, InvalidArgument, NoSuchFile,
+                        NoSuchGroup, NoSuchRequest, NoSuchUser, NotMember, NotOwner, NotSharing, UnknownOp,
+                        UserExists, check_file_name, check_id)
 from mbt.manifest import Manifest
-
-
-def _err(code: str, message: str) -> MbtError:
-    return MbtError(message, code)
 
 
 @dataclass
@@ -88,7 +86,7 @@ class TrackerState:
         name = op.get("op") if isinstance(op, dict) else None
         handler = getattr(self, "_op_" + name, None) if isinstance(name, str) else None
         if handler is None:
-            raise _err("unknown_op", "unknown operation %r" % (name,))
+            raise UnknownOp("unknown operation %r" % (name,))
         return handler(op)
 
     def reset_durable(self) -> None:
@@ -101,9 +99,9 @@ class TrackerState:
         user = check_id("user id", op.get("user"))
         record = op.get("password_record")
         if not isinstance(record, str) or not record:
-            raise _err("invalid_argument", "missing password record")
+            raise InvalidArgument("missing password record")
         if user in self.users:
-            raise _err("user_exists", "user %s already exists" % user)
+            raise UserExists("user %s already exists" % user)
         self.users[user] = record
         return {"user": user}
 
@@ -111,7 +109,7 @@ class TrackerState:
         user = self._known_user(op.get("user"))
         group = check_id("group id", op.get("group"))
         if group in self.groups:
-            raise _err("group_exists", "group %s already exists" % group)
+            raise GroupExists("group %s already exists" % group)
         self.groups[group] = Group(group, owner=user, members=[user])
         return {"group": group, "owner": user}
 
@@ -119,11 +117,11 @@ class TrackerState:
         user = self._known_user(op.get("user"))
         g = self._group(op.get("group"))
         if user in g.members:
-            raise _err("already_member", "you are already a member of group %s" % g.group_id)
+            raise AlreadyMember("you are already a member of group %s" % g.group_id)
         if user in g.requests:
-            raise _err("already_requested",
-                       "you already asked to join group %s; wait for its owner %s to accept"
-                       % (g.group_id, g.owner))
+            raise AlreadyRequested(
+                "you already asked to join group %s; wait for its owner %s to accept"
+                % (g.group_id, g.owner))
         g.requests.append(user)
         return {"group": g.group_id, "owner": g.owner}
 
@@ -134,7 +132,7 @@ class TrackerState:
             if user in g.requests:
                 g.requests.remove(user)     # leaving withdraws a pending request
                 return {"group": g.group_id, "withdrawn": True}
-            raise _err("not_member", "you are not a member of group %s" % g.group_id)
+            raise NotMember("you are not a member of group %s" % g.group_id)
         g.members.remove(user)
         for key in [k for k in self.files if k[0] == g.group_id]:
             self._drop_sharer(key, user)
@@ -154,8 +152,8 @@ class TrackerState:
         g = self._owned_group(op.get("owner"), op.get("group"))
         user = check_id("user id", op.get("user"))
         if user not in g.requests:
-            raise _err("no_such_request", "%s has no pending request to join group %s"
-                       % (user, g.group_id))
+            raise NoSuchRequest("%s has no pending request to join group %s"
+                                % (user, g.group_id))
         g.requests.remove(user)
         g.members.append(user)
         return {"group": g.group_id, "user": user}
@@ -164,8 +162,8 @@ class TrackerState:
         g = self._owned_group(op.get("owner"), op.get("group"))
         user = check_id("user id", op.get("user"))
         if user not in g.requests:
-            raise _err("no_such_request", "%s has no pending request to join group %s"
-                       % (user, g.group_id))
+            raise NoSuchRequest("%s has no pending request to join group %s"
+                                % (user, g.group_id))
         g.requests.remove(user)
         return {"group": g.group_id, "user": user}
 
@@ -178,9 +176,9 @@ class TrackerState:
         if entry is None:
             entry = self.files[key] = SharedFile(manifest)
         elif entry.manifest.file_hash != manifest.file_hash or entry.manifest.size != manifest.size:
-            raise _err("file_conflict",
-                       "group %s already has a different file named %s; rename yours to share it"
-                       % (g.group_id, manifest.name))
+            raise FileConflict(
+                "group %s already has a different file named %s; rename yours to share it"
+                % (g.group_id, manifest.name))
         entry.sharers.add(user)
         return {"group": g.group_id, "name": manifest.name, "size": manifest.size,
                 "pieces": manifest.pieces, "sharers": len(entry.sharers)}
@@ -191,7 +189,7 @@ class TrackerState:
         name = check_file_name(op.get("name"))
         entry = self.files.get((g.group_id, name))
         if entry is None or user not in entry.sharers:
-            raise _err("not_sharing", "you do not share %s in group %s" % (name, g.group_id))
+            raise NotSharing("you do not share %s in group %s" % (name, g.group_id))
         self._drop_sharer((g.group_id, name), user)
         return {"group": g.group_id, "name": name}
 
@@ -212,31 +210,31 @@ class TrackerState:
     def _known_user(self, user: object) -> str:
         user = check_id("user id", user)
         if user not in self.users:
-            raise _err("no_such_user", "no user %s" % user)
+            raise NoSuchUser("no user %s" % user)
         return user
 
     def _group(self, group: object) -> Group:
         group = check_id("group id", group)
         g = self.groups.get(group)
         if g is None:
-            raise _err("no_such_group", "no group %s; list_groups shows the groups" % group)
+            raise NoSuchGroup("no group %s; list_groups shows the groups" % group)
         return g
 
     def _member_group(self, user: str, group: object) -> Group:
         g = self._group(group)
         if user not in g.members:
             if user in g.requests:      # join_group would only say "already asked"
-                raise _err("not_member", "you are not a member of group %s yet; your request to join"
-                           " is waiting for its owner %s" % (g.group_id, g.owner))
-            raise _err("not_member", "you are not a member of group %s; use join_group %s"
-                       % (g.group_id, g.group_id))
+                raise NotMember("you are not a member of group %s yet; your request to join"
+                                " is waiting for its owner %s" % (g.group_id, g.owner))
+            raise NotMember("you are not a member of group %s; use join_group %s"
+                            % (g.group_id, g.group_id))
         return g
 
     def _owned_group(self, owner: object, group: object) -> Group:
         owner = self._known_user(owner)
         g = self._group(group)
         if g.owner != owner:
-            raise _err("not_owner", "only the owner of group %s (%s) can do that" % (g.group_id, g.owner))
+            raise NotOwner("only the owner of group %s (%s) can do that" % (g.group_id, g.owner))
         return g
 
     # ------------------------------------------------------------------
@@ -289,8 +287,8 @@ class TrackerState:
         name = check_file_name(name)
         entry = self.files.get((g.group_id, name))
         if entry is None:
-            raise _err("no_such_file", "no file %s in group %s; list_files %s shows them"
-                       % (name, g.group_id, g.group_id))
+            raise NoSuchFile("no file %s in group %s; list_files %s shows them"
+                             % (name, g.group_id, g.group_id))
         asker = self.sessions.get(exclude_session)
         # The asker's own peer is never listed, also not under an older session of
         # it that another tracker still mirrors (it reconnected after a failover).
@@ -306,8 +304,8 @@ class TrackerState:
         for (gid, _name), entry in sorted(self.files.items()):
             if gid == g.group_id and entry.manifest.file_hash == file_hash:
                 return entry.manifest.to_dict()
-        raise _err("no_such_file", "no file with hash %s in group %s; list_files %s shows them"
-                   % (str(file_hash)[:64], g.group_id, g.group_id))
+        raise NoSuchFile("no file with hash %s in group %s; list_files %s shows them"
+                         % (str(file_hash)[:64], g.group_id, g.group_id))
 
     def is_member(self, user: str, group: str) -> bool:
         """Is ``user`` a member of ``group`` right now?"""

@@ -248,7 +248,7 @@ class ApiResource(resource.Resource):
         if failure.check(_Reply):
             return failure.value.code, {"error": failure.value.message}
         if failure.check(NotLoggedIn):
-            return 401, {"error": failure.value.message, "code": "not_logged_in"}
+            return 401, {"error": failure.value.message, "code": NotLoggedIn.code}
         if failure.check(MbtError):
             return 400, {"error": failure.value.message, "code": failure.value.code}
         log.failure("web action {name} failed", failure, name=name)   # never the arguments

@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 from mbt.peer.commands import download_line
+from mbt.peer.shares import DownloadState
 
 #: Characters naming the peer a verified piece came from (index into ``sources``);
 #: ``-`` for pieces with no known peer (verified from disk at resume).
 _SOURCE_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
-#: What the page calls each state letter of ``show_downloads``.
-STATE_WORDS = {"D": "downloading", "C": "complete", "F": "failed"}
+#: What the page calls each download state (``show_downloads`` shows its letter).
+STATE_WORDS = {DownloadState.RUNNING: "downloading", DownloadState.COMPLETE: "complete",
+               DownloadState.FAILED: "failed"}
 
 
 def relation(group: dict, user: Optional[str]) -> str:
@@ -61,20 +63,20 @@ def download_view(dl, with_map: bool = True) -> dict:
     """One download as the page shows it (the same facts as its ``show_downloads`` line)."""
     size = dl.manifest.size
     percent = dl.percent()
-    rate = dl.meter.rate() if dl.status == "D" and dl.running else 0.0
-    left = max(0, size - dl.verified_bytes) if dl.status == "D" else 0
+    rate = dl.meter.rate() if dl.status == DownloadState.RUNNING and dl.running else 0.0
+    left = max(0, size - dl.verified_bytes) if dl.status == DownloadState.RUNNING else 0
     eta = (left / rate) if rate > 0 and left else None
     progress = dl.progress()
-    peers = progress.peers if dl.status == "D" else 0
-    if dl.status == "D" and not dl.running:
+    peers = progress.peers if dl.status == DownloadState.RUNNING else 0
+    if dl.status == DownloadState.RUNNING and not dl.running:
         note = "paused until login"
     else:
-        note = dl.note if dl.status == "D" else ""
+        note = dl.note if dl.status == DownloadState.RUNNING else ""
     view = {
         "id": "%s/%s" % (dl.record.group, dl.record.name),
         "group": dl.record.group, "name": dl.record.name, "dest": dl.record.dest,
-        "state": dl.status, "state_word": STATE_WORDS.get(dl.status, dl.status),
-        "reason": dl.reason if dl.status == "F" else "", "note": note,
+        "state": DownloadState(dl.status).value, "state_word": STATE_WORDS[DownloadState(dl.status)],
+        "reason": dl.reason if dl.status == DownloadState.FAILED else "", "note": note,
         "percent": round(percent, 1), "rate": round(rate), "eta": None if eta is None else round(eta),
         "peers": peers, "size": size, "pieces": dl.manifest.pieces,
         "line": download_line(progress),
