@@ -263,6 +263,26 @@ def test_started_piece_is_finished_before_a_new_one_is_started():
     assert pieces_of(p.next_requests("B", 1, now=0)) == [9]
 
 
+def test_a_new_piece_is_cut_into_the_block_size_asked_for():
+    # Given a fast peer asking for whole-piece blocks and a slow one for the default
+    p = picker(4, request_timeout=10)
+    p.add_peer("fast", range(4))
+    p.add_peer("slow", range(4))
+    # When the fast one starts a piece with block_size = the piece size
+    whole = p.next_requests("fast", 2, now=0, block_size=PIECE_SIZE)
+    # Then each request is one whole piece (two pieces started)
+    assert [(r.offset, r.length) for r in whole] == [(0, PIECE_SIZE)] * 2
+    assert len(pieces_of(whole)) == 2
+    # And the slow one's new piece has default blocks
+    small = p.next_requests("slow", BLOCKS, now=0)
+    assert len(pieces_of(small)) == 1 and [r.length for r in small] == [BLOCK_SIZE] * BLOCKS
+    # And a whole-piece block is accepted, completing its piece at once
+    assert deliver(p, "fast", whole[0], now=0.01).piece_complete
+    # And the timeout counts the bytes outstanding, not the blocks: one piece
+    # outstanding at ~52 MB/s is 10 ms of queue, so the lower bound applies
+    assert p.timeout_for("fast") == 5
+
+
 def test_pending_piece_is_not_requested_again_until_it_fails():
     # Given one piece fully received, waiting for its hash check
     p = picker(1)

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import os
 import random
+from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Set
+from typing import Callable, Deque, Dict, Optional, Set, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mbt.manifest import Manifest
+from mbt.manifest import PIECE_SIZE, Manifest
 from mbt.peer.picker import BLOCK_SIZE, BlockRequest, PiecePicker
 from mbt.peer.ratelimit import RateMeter
 from mbt.peer.serving import Servable
@@ -36,10 +37,16 @@ from mbt.timers import cancel_pending
 
 log = Logger(namespace="mbt.peer.download")
 
-#: Blocks outstanding per peer (pipelining); blocks are picker.BLOCK_SIZE long.
-PIPELINE_DEPTH = 16
-#: Requests are topped up once this few remain outstanding at a peer.
-REFILL_AT = 8
+#: Bytes one REQUEST asks for. A peer that has shown it is fast
+#: (FAST_PEER_RATE) gets whole pieces (MAX_BLOCK allows it): one line, one PIECE
+#: header, one picker round trip and one receive run per piece instead of four,
+#: a quarter of the per-block work on the reactor thread (docs/performance.rst,
+#: round two). Others get BLOCK_SIZE blocks: a slow or rate-capped server then
+#: sends in small steps (its token bucket overshoots by at most one block).
+FAST_BLOCK = PIECE_SIZE
+FAST_PEER_RATE = 8e6
+#: Bytes outstanding per peer (pipelining), whatever the block size.
+PIPELINE_BYTES = 2 * 1024 * 1024
 #: A download with no usable peer for this long fails (it can be started again).
 NO_PEER_LIMIT = 600.0
 #: A block not delivered within this many seconds is asked of another peer.
@@ -49,6 +56,12 @@ SAVE_INTERVAL = 2.0
 #: Pieces hashed/written in worker threads at once; beyond this the download stops
 #: asking for more, so memory stays bounded when the disk or CPU lags.
 MAX_VERIFY_BACKLOG = 24
+#: Pool jobs hashing and writing this download's pieces at once (the machine's
+#: cores), each taking up to VERIFY_BATCH queued pieces: fewer hand-offs and
+#: wake-ups than one job per piece, and two busy threads instead of ten
+#: contending for two cores.
+VERIFY_JOBS = 2
+VERIFY_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -100,7 +113,9 @@ class Download:
         self.buffers: Dict[int, bytearray] = {}
         self._spare: list = []      # verified pieces' buffers, reused (no zeroing, no page faults)
         self.inplace: Dict[tuple, PeerClientProtocol] = {}   # (index, offset) -> writer
-        self.verifying: Set[int] = set()
+        self.verifying: Set[int] = set()       # queued or being hashed/written
+        self._verify_queue: Deque[Tuple[int, bytearray]] = deque()
+        self._verify_jobs = 0
         self.running = False
         self.started_at = None
         self.last_peer_time = None
@@ -278,6 +293,7 @@ class Download:
         self.buffers.clear()
         self._spare.clear()
         self.inplace.clear()
+        self._verify_queue.clear()
 
     def _close_storage(self, remove_part: bool) -> None:
         if self.servable is not None:
@@ -399,10 +415,15 @@ class Download:
             if result.piece_complete:
                 self.sources[index] = conn.address
                 self._verify(index)
-        # Refill in batches once half the pipeline has drained: one REQUEST
-        # write (and one reactor write cycle) per several blocks, not per block.
-        if self.picker.outstanding(conn) <= REFILL_AT:
+        # Refill in batches once half the pipeline has drained: one write
+        # (one send) for several REQUEST lines, not one per block.
+        if self.picker.outstanding(conn) <= self._block_plan(conn)[1] // 2:
             self._fill(conn)
+
+    def _block_plan(self, conn: PeerClientProtocol):
+        """(block size, pipeline depth in blocks) for new requests to ``conn``."""
+        bs = FAST_BLOCK if self.picker.peer_rate(conn) >= FAST_PEER_RATE else BLOCK_SIZE
+        return bs, max(2, PIPELINE_BYTES // bs)
 
     def _piece_buffer(self, index: int) -> bytearray:
         """The buffer piece ``index`` is assembled in, made on first use: a spare one
@@ -423,56 +444,81 @@ class Download:
             return
         if len(self.verifying) >= MAX_VERIFY_BACKLOG:
             return      # resumed when a verification finishes
-        want = PIPELINE_DEPTH - self.picker.outstanding(conn)
+        bs, depth = self._block_plan(conn)
+        want = depth - self.picker.outstanding(conn)
         if want <= 0:
             return
-        for req in self.picker.next_requests(conn, want, self.now()):
-            conn.request(req.index, req.offset, req.length)
+        reqs = self.picker.next_requests(conn, want, self.now(), bs)
+        if reqs:
+            conn.request_many([(r.index, r.offset, r.length) for r in reqs])
 
     # -- verification and completion ----------------------------------------
 
     def _verify(self, index: int) -> None:
-        buf = self.buffers.pop(index)
+        """Piece ``index`` is complete in memory: queue it to be hashed and written."""
         self.verifying.add(index)
+        self._verify_queue.append((index, self.buffers.pop(index)))
+        if self._verify_jobs < VERIFY_JOBS:
+            self._verify_batch()
+
+    def _verify_batch(self) -> None:
+        """Hand up to VERIFY_BATCH queued pieces to one pool job."""
+        batch = []
+        while self._verify_queue and len(batch) < VERIFY_BATCH:
+            batch.append(self._verify_queue.popleft())
         piece_file, file_hash = self.piece_file, self.file_hash
 
         def verify_write_hash():      # runs in a worker thread
-            ok = piece_file.verify_and_write(index, buf)
-            if ok and file_hash is not None:
-                file_hash.piece_written(index, buf)
-            return ok
+            results = []
+            for index, buf in batch:
+                ok = piece_file.verify_and_write(index, buf)
+                if ok and file_hash is not None:
+                    file_hash.piece_written(index, buf)
+                results.append(ok)
+            return results
+        self._verify_jobs += 1
         d = self.run_in_thread(verify_write_hash)
 
-        def checked(ok):
-            self.verifying.discard(index)
-            if len(buf) == self.manifest.piece_size and len(self._spare) < MAX_VERIFY_BACKLOG:
-                self._spare.append(buf)     # the worker thread is done with it
-            if self.status != DownloadState.RUNNING or self.picker is None:
-                return
-            if ok:
-                self.picker.piece_verified(index)
-                self.verified_bytes += self.manifest.piece_length(index)
-                self.servable.add_piece(index)      # HAVE to our own downloaders at once
-                self._dirty = True
-                if not self.swarm.announced and not self.no_share:
-                    self.swarm.announce()
-                if self.picker.done and not self.verifying:
-                    self._finish().addErrback(self._finish_failed)
-                elif len(self.verifying) == MAX_VERIFY_BACKLOG - 1:
-                    for conn in self.swarm.connections():     # backlog drained: resume
-                        self._fill(conn)
-            else:
-                banned = self.picker.piece_failed(index)
-                log.warn("piece {i} of {name} failed its hash check", i=index, name=self.record.name)
-                for peer in banned:
-                    self.swarm.ban(peer)
-                for conn in self.swarm.connections():
-                    self._fill(conn)
+        def checked(results):
+            self._verify_jobs -= 1
+            for (index, buf), ok in zip(batch, results):
+                self._checked(index, buf, ok)
+            if self._verify_queue and self._verify_jobs < VERIFY_JOBS and self.piece_file is not None:
+                self._verify_batch()
 
         def broken(f):
-            self.verifying.discard(index)
+            self._verify_jobs -= 1
+            for index, _ in batch:
+                self.verifying.discard(index)
             self.fail("cannot write %s: %s" % (self.record.part_path, f.getErrorMessage()))
         d.addCallbacks(checked, broken)
+
+    def _checked(self, index: int, buf: bytearray, ok: bool) -> None:
+        """Piece ``index`` was hashed (and, if ``ok``, written): count it or fetch it again."""
+        self.verifying.discard(index)
+        if len(buf) == self.manifest.piece_size and len(self._spare) < MAX_VERIFY_BACKLOG:
+            self._spare.append(buf)     # the worker thread is done with it
+        if self.status != DownloadState.RUNNING or self.picker is None:
+            return
+        if ok:
+            self.picker.piece_verified(index)
+            self.verified_bytes += self.manifest.piece_length(index)
+            self.servable.add_piece(index)      # HAVE to our own downloaders at once
+            self._dirty = True
+            if not self.swarm.announced and not self.no_share:
+                self.swarm.announce()
+            if self.picker.done and not self.verifying:
+                self._finish().addErrback(self._finish_failed)
+            elif len(self.verifying) == MAX_VERIFY_BACKLOG - 1:
+                for conn in self.swarm.connections():     # backlog drained: resume
+                    self._fill(conn)
+        else:
+            banned = self.picker.piece_failed(index)
+            log.warn("piece {i} of {name} failed its hash check", i=index, name=self.record.name)
+            for peer in banned:
+                self.swarm.ban(peer)
+            for conn in self.swarm.connections():
+                self._fill(conn)
 
     def _finish_failed(self, f) -> None:
         log.failure("finishing the download of {name} failed", f, name=self.record.name)

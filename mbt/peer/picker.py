@@ -217,8 +217,13 @@ class PiecePicker:
 
     # --------------------------------------------------------------- requests
 
-    def next_requests(self, peer: Peer, limit: int, now: float) -> List[BlockRequest]:
+    def next_requests(self, peer: Peer, limit: int, now: float,
+                      block_size: Optional[int] = None) -> List[BlockRequest]:
         """Up to ``limit`` new requests for ``peer``, recorded as sent at ``now``.
+
+        A piece started here is cut into blocks of ``block_size`` bytes (default:
+        the picker's ``block_size``); blocks of pieces already started keep the
+        size they were cut to.
 
         Never a block of a piece the peer lacks or we have (or that is pending
         verification), never one already outstanding at this peer, nothing for
@@ -246,7 +251,7 @@ class PiecePicker:
                 index = self._pick_fresh(pst, rivals)
                 if index is None:
                     break
-                self._start(index, peer if alone else None)
+                self._start(index, peer if alone else None, block_size or self.block_size)
                 self._take(index, peer, pst, limit - len(out), now, out)
         # 2b. Rather than idle, a peer on probation helps with shared pieces
         #     (a failure there is still caught by the strike count).
@@ -348,7 +353,8 @@ class PiecePicker:
         base = self.request_timeout
         if pst is None or pst.samples == 0 or pst.rate <= 0:
             return base
-        queue_time = max(len(pst.outstanding), 1) * self.block_size / pst.rate
+        queued = sum(req.length for req in pst.outstanding) or self.block_size
+        queue_time = queued / pst.rate
         return min(max(TIMEOUT_SLACK * queue_time, base * TIMEOUT_MIN_FACTOR),
                    base * TIMEOUT_MAX_FACTOR)
 
@@ -493,9 +499,8 @@ class PiecePicker:
         if not 0 <= index < self._n:
             raise IndexError("piece index %r out of range" % (index,))
 
-    def _blocks(self, index: int) -> List[BlockRequest]:
+    def _blocks(self, index: int, bs: int) -> List[BlockRequest]:
         length = self.piece_length(index)
-        bs = self.block_size
         return [BlockRequest(index, off, min(bs, length - off)) for off in range(0, length, bs)]
 
     def _add_have(self, peer: Peer, pst: _Peer, index: int) -> None:
@@ -584,11 +589,11 @@ class PiecePicker:
                     best, best_key = i, key
         return best
 
-    def _start(self, index: int, owner: Optional[Peer]) -> None:
+    def _start(self, index: int, owner: Optional[Peer], block_size: int) -> None:
         self._bucket_remove(index)
         self._fresh_count -= 1
         self._state[index] = _STARTED
-        self._started[index] = _Partial(self._blocks(index), owner)
+        self._started[index] = _Partial(self._blocks(index, block_size), owner)
         self._open[index] = None
 
     def _may_take(self, index: int, peer: Peer, alone: bool) -> bool:

@@ -57,6 +57,10 @@ MAX_QUEUED_REQUESTS = 256
 #: Socket-level buffer: fewer, larger reads and writes (measured: the 64 KiB
 #: default costs ~30% of loopback throughput in reactor wake-ups).
 TRANSPORT_BUFFER = 1024 * 1024
+#: A downloader reads control lines this many bytes at a time (block bytes go
+#: straight to their piece buffer); and at most this many reads per readiness event.
+LINE_READ = 16 * 1024
+READS_PER_EVENT = 8
 #: Connections a peer serves at once, in all and from one IP address.
 MAX_CONNECTIONS = 1024
 MAX_CONNECTIONS_PER_HOST = 64
@@ -102,6 +106,10 @@ def _keepalive(proto, clock) -> task.LoopingCall:
     loop.clock = clock
     loop.start(KEEPALIVE_INTERVAL, now=False)
     return loop
+
+
+def _nothing(*args) -> None:
+    """A downloader's direct writer sends lines only: nothing to do when it drains."""
 
 
 def _tune(transport) -> None:
@@ -550,13 +558,17 @@ class PeerClientProtocol(LineReceiver, TimeoutMixin):
         self._rbuf = None
         self._keepalive: Optional[task.LoopingCall] = None
         self.callLater = clock.callLater
+        self._direct: Optional[DirectWriter] = None
         self.address = "?"
 
     def connectionMade(self) -> None:
         _tune(self.transport)
         if isinstance(self.transport, tcp.Connection) and hasattr(self.transport, "socket"):
-            self._rbuf = bytearray(TRANSPORT_BUFFER)
+            self._rbuf = bytearray(LINE_READ)
             self.transport.doRead = self._read_socket
+            # Lines are sent at once (one send, no epoll_ctl pair and no loop
+            # turn per write, as Twisted's write path costs); mbt.protocols.direct.
+            self._direct = DirectWriter(self.transport, _nothing, _nothing)
         self.sendLine(self.hello)
         self.setTimeout(HANDSHAKE_TIMEOUT)
         self._keepalive = _keepalive(self, self.clock)
@@ -708,37 +720,60 @@ class PeerClientProtocol(LineReceiver, TimeoutMixin):
     # -- fast path on plain TCP -----------------------------------------------
 
     def _read_socket(self):
-        """Replaces the TCP transport's ``doRead``: no per-read allocation.
+        """Replaces the TCP transport's ``doRead``: no per-read allocation, one copy per byte.
 
         Twisted's ``doRead`` allocates a fresh bytes object per ``recv`` (with
-        1 MiB reads, page faults on every call). Here the kernel copies into a
-        reused buffer, or, in the middle of a block, straight into the block's
-        destination (usually the piece buffer: one copy from socket to piece).
+        1 MiB reads, page faults on every call). Here, in the middle of a block
+        the kernel copies straight into the block's destination (usually the
+        piece buffer: one copy from socket to piece); between blocks, control
+        lines are read :data:`LINE_READ` bytes at a time into a reused buffer,
+        so that only that much of a following block is copied a second time
+        (a 1 MiB read there copied whole blocks twice: 4 % of the leecher's CPU
+        in ``memmove``). Up to :data:`READS_PER_EVENT` reads per readiness
+        event: a header and its block need no extra loop turn.
         """
         sock = self.transport.socket
         try:
-            if self._block is not None:
-                length = self._block[2]
-                n = sock.recv_into(self._target[self._got:length])
-                if n:
+            for _ in range(READS_PER_EVENT):
+                if self._block is not None:
+                    length = self._block[2]
+                    want = length - self._got
+                    n = sock.recv_into(self._target[self._got:length])
+                    if not n:
+                        return main.CONNECTION_DONE
                     self._got += n
                     if self._got == length:
                         self._block_done()
-                    return None
-            else:
-                n = sock.recv_into(self._rbuf)
-                if n:
+                    elif n < want:
+                        return None         # the socket is drained
+                else:
+                    n = sock.recv_into(self._rbuf, LINE_READ)
+                    if not n:
+                        return main.CONNECTION_DONE
                     self._consume(self._rbuf, n)
+                    if n < LINE_READ and self._block is None:
+                        return None         # drained, and no block started
+                if self.transport.disconnecting or not self.connected:
                     return None
         except (BlockingIOError, InterruptedError):
             return None
         except OSError:
             return main.CONNECTION_LOST
-        return main.CONNECTION_DONE
+        return None
 
     def request(self, index: int, offset: int, length: int) -> None:
         """Ask the server for one block."""
         self.sendLine(b"REQUEST %d %d %d" % (index, offset, length))
+
+    def request_many(self, blocks) -> None:
+        """Ask for several blocks (``(index, offset, length)`` each) in one write."""
+        data = b"".join([b"REQUEST %d %d %d\n" % (i, o, n) for i, o, n in blocks])
+        if not data:
+            return
+        if self._direct is not None:
+            self._direct.write(data)
+        else:
+            self.transport.write(data)
 
     def cancel(self, index: int, offset: int, length: int) -> None:
         """Withdraw a request (endgame duplicate or timeout)."""
