@@ -761,6 +761,13 @@ class PeerClientProtocol(LineReceiver, TimeoutMixin):
             return main.CONNECTION_LOST
         return None
 
+    def sendLine(self, line: bytes) -> None:
+        """Through the direct writer on plain TCP (one queue: order is kept), else Twisted's path."""
+        if self._direct is not None:
+            self._direct.write(line + self.delimiter)
+        else:
+            LineReceiver.sendLine(self, line)
+
     def request(self, index: int, offset: int, length: int) -> None:
         """Ask the server for one block."""
         self.sendLine(b"REQUEST %d %d %d" % (index, offset, length))
