@@ -237,7 +237,7 @@ class NoSuchUser(MbtError):
 
 
 class NoSuchPeer(MbtError):
-    """``connect_peer``: the named peer is not connected to this tracker."""
+    """``connect_peer``: the named peer is not logged in at any tracker of the fleet (or its tracker is out of reach)."""
 
     code = "no_such_peer"
 

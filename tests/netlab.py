@@ -6,6 +6,7 @@ runs never meet)::
     public bridge 198.18.0.0/15 (namespace "core", bridge br0)
       |- tracker   198.18.0.10
       |- relay     198.18.0.11
+      |- tracker2  198.18.0.12      a second tracker of the same fleet
       |- pub       198.18.0.20      a peer on the public side
       |- pub2      198.18.0.21      another public host (replays tickets)
       |- rtrA      198.18.1.1  ==NAT==  homeA 100.64.1.2 (lan 100.64.1.0/24)
@@ -28,7 +29,8 @@ import shutil
 import subprocess
 from typing import Dict, List, Optional
 
-PUBLIC = {"tracker": "198.18.0.10", "relay": "198.18.0.11", "pub": "198.18.0.20", "pub2": "198.18.0.21"}
+PUBLIC = {"tracker": "198.18.0.10", "relay": "198.18.0.11", "tracker2": "198.18.0.12", "pub": "198.18.0.20",
+          "pub2": "198.18.0.21"}
 HOMES = {"homeA": ("rtrA", "198.18.1.1", "100.64.1"), "homeB": ("rtrB", "198.18.2.1", "100.64.2")}
 _counter = itertools.count()
 

@@ -29,14 +29,14 @@ def lab():
         yield lab
 
 
-def start(lab, procs, tmp_path, host, name, skew=None, extra=None):
+def start(lab, procs, tmp_path, host, name, skew=None, extra=None, info="info"):
     (tmp_path / name).mkdir(exist_ok=True)
     prefix = lab.exec_prefix(host)
     if skew is not None:
         if shutil.which("faketime") is None:
             pytest.skip("clock skew tests need libfaketime (Debian faketime; make test installs it)")
         prefix = prefix + ["faketime", "-f", skew]
-    c = Console(netlab.PUBLIC.get(host, lab.ip(host)) + ":7000", str(tmp_path / "info"),
+    c = Console(netlab.PUBLIC.get(host, lab.ip(host)) + ":7000", str(tmp_path / info),
                 str(tmp_path / name / "state"), cwd=str(tmp_path / name), prefix=prefix,
                 log=str(tmp_path / (name + ".log")), extra=extra)
     procs.append(c)
@@ -373,3 +373,52 @@ def test_when_every_peer_refuses_or_is_unreachable_the_user_is_told_why_once(lab
     told = [n for n in fay.notices if "cannot download clip.bin from any peer" in n]
     assert len(told) == 1, fay.notices      # ...and still one notice
     assert "refused: not serving anyone today" in told[0] and "unreachable: 100.64.1.2:7000" in told[0]
+
+
+TRACKER2 = netlab.PUBLIC["tracker2"] + ":7300"
+
+
+def unix_socket_url(pg_server):
+    """A fresh database on the test PostgreSQL, by its Unix socket (reachable from every namespace)."""
+    name = pg_server.new_database().rsplit("/", 1)[1]
+    return "postgresql://postgres@/%s?host=%s&port=%d" % (name, pg_server.root, pg_server.port)
+
+
+@pytest.mark.parametrize("via", ["connect-back", "relay"])
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_connect_back_and_relay_across_two_trackers_of_a_fleet(lab, procs, tmp_path, request, store, via):
+    """Sam (at home A) is logged in at tracker 2, Fay at tracker 1: tracker 1 has tracker 2 push the dial."""
+    url = unix_socket_url(request.getfixturevalue("pg_server")) if store == "postgresql" else None
+    if via == "relay":
+        start_relay(lab, procs, tmp_path)
+    (tmp_path / "info").write_text("%s\n%s\nrelay %s\n" % (TRACKER, TRACKER2, RELAY))
+    (tmp_path / "info1").write_text("%s\nrelay %s\n" % (TRACKER, RELAY))
+    (tmp_path / "info2").write_text("%s\nrelay %s\n" % (TRACKER2, RELAY))
+    for number, host in ((1, "tracker"), (2, "tracker2")):
+        where = ["--store", url] if url else ["--state-dir", str(tmp_path / ("t%d" % number))]
+        t = Process(lab.exec_prefix(host) + [bin_path("mbt-tracker"), str(tmp_path / "info"), str(number)] + where,
+                    log=str(tmp_path / ("tracker%d.log" % number)))
+        procs.append(t)
+        wait_listening(lab, host, netlab.PUBLIC[host], 7300, t)
+    sam = start(lab, procs, tmp_path, "homeA", "sam", info="info2")
+    fay = start(lab, procs, tmp_path, "pub" if via == "connect-back" else "homeB", "fay", info="info1")
+    assert until_ok(sam, "create_user sam pw", "user sam created").startswith("user sam created")
+    assert until_ok(sam, "login sam pw", "logged in as sam").startswith("logged in as sam")
+    assert until_ok(sam, "create_group club", "group club created").startswith("group club created")
+    assert until_ok(fay, "create_user fay pw", "user fay created").startswith("user fay created")
+    assert until_ok(fay, "login fay pw", "logged in as fay").startswith("logged in as fay")
+    fay.cmd("join_group club")
+    assert until_ok(sam, "accept_request club fay", "fay is now a member").startswith("fay is now a member")
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    (tmp_path / "sam" / "clip.bin").write_bytes(data)
+    assert sam.cmd("upload_file clip.bin club").startswith("shared clip.bin in club")
+    # Tracker 1 knows Sam only through tracker 2, which found his address unreachable.
+    assert "1 peer" in until_ok(fay, "list_files club", "clip.bin", timeout=20), fay.cmd("list_files club")
+    finish(fay, tmp_path, data, timeout=60)
+    t1 = (tmp_path / "tracker1.log").read_text(errors="replace")
+    t2 = (tmp_path / "tracker2.log").read_text(errors="replace")
+    assert "connect_peer by fay" in t1 and "connect_peer" not in t2
+    assert "peer address 100.64.1.2:7000 is not reachable" in t2
+    sam_log = (tmp_path / "sam" / "state" / "peer.log").read_text(errors="replace")
+    assert "connected to tracker %s" % TRACKER2 in sam_log
+    assert "dialling %s" % via in sam_log

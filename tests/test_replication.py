@@ -510,6 +510,48 @@ def test_a_link_back_within_the_expiry_keeps_presence_and_refreshes_it():
     assert [s.address for s in net[2].state.sessions.values() if s.origin == 1] == ["10.0.0.1:7000"]
 
 
+def test_connect_peer_reaches_a_seeder_logged_in_at_another_tracker():
+    """Reachability is gossiped; the dial push goes to the tracker holding the seeder's session."""
+    from twisted.internet import defer
+    net = Net(2)
+    for n in (1, 2):
+        net[n].core.probe = lambda address: defer.succeed(address != "10.0.0.1:7000")  # alice is behind NAT
+        net[n].core.relays = ["198.18.0.11:7400"]
+    _club(net)
+    alice = _login(net, 1, "alice", "10.0.0.1:7000")
+    pushed = []
+    alice.push = lambda m: pushed.append(m) if m.get("push") == "dial" else None
+    bob = _login(net, 2, "bob", "10.0.0.2:7000")
+    result_of(_run(net, net[1].request(alice, "create_group", group="club")))
+    result_of(_run(net, net[2].request(bob, "join_group", group="club")))
+    result_of(_run(net, net[1].request(alice, "accept_request", group="club", user="bob")))
+    result_of(_run(net, net[1].request(alice, "share_file", group="club", manifest=manifest())))
+    peers = result_of(_run(net, net[2].request(bob, "get_peers", group="club", name="song.bin"), 0.1))["peers"]
+    assert [(p["address"], p["reachable"]) for p in peers] == [("10.0.0.1:7000", False)]
+    ask = dict(group="club", file_hash="a" * 64, peer=peers[0]["peer"])
+    reply = result_of(_run(net, net[2].request(bob, "connect_peer", **ask), 0.1))
+    assert reply["via"] == "connect-back"               # bob accepts connections
+    assert pushed == [{"push": "dial", "via": "connect-back", "token": reply["token"], "group": "club",
+                       "file_hash": "a" * 64, "address": "10.0.0.2:7000"}]
+    net[2].core.reachable[bob.session_id] = False         # now neither accepts: the relay
+    reply = result_of(_run(net, net[2].request(bob, "connect_peer", **ask), 0.1))
+    assert reply == {"via": "relay", "relay": "198.18.0.11:7400", "token": reply["token"]}
+    assert pushed[-1]["via"] == "relay" and pushed[-1]["token"] == reply["token"]
+    net.cut(1, 2)                                        # alice's tracker out of reach: said so
+    with pytest.raises(MbtError) as e:
+        result_of(_run(net, net[2].request(bob, "connect_peer", **ask), 0.1))
+    assert e.value.code == "no_such_peer"
+    assert len(pushed) == 2
+
+
+def test_a_dial_for_a_session_that_ended_is_dropped():
+    net = Net(2)
+    net[2].rep.presence.receive(1, {"t": "presence", "kind": "dial", "sid": "9-gone",
+                                    "push": {"push": "dial", "via": "relay", "token": "t" * 32}})
+    with pytest.raises(ValueError):
+        net[2].rep.presence.receive(1, {"t": "presence", "kind": "dial", "sid": "9-gone", "push": "x"})
+
+
 def test_malformed_presence_closes_the_link():
     net = Net(2)
     net[2].rep.receive(1, net.links[(2, 1)], {"t": "presence", "kind": "open", "sid": 5})

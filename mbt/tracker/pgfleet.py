@@ -55,6 +55,8 @@ log = Logger(namespace="mbt.tracker.pgfleet")
 #: Seconds between lease renewals; a tracker's lease lasts LEASE seconds.
 HEARTBEAT = 1.0
 LEASE = 5.0
+#: Seconds after which a logged ``dial`` push is no longer delivered.
+DIAL_STALE = 30.0
 #: A snapshot is taken after every this many operations.
 SNAPSHOT_EVERY = 20000
 
@@ -83,6 +85,8 @@ def apply_entry(state: TrackerState, op: dict, me: Optional[int]) -> Optional[di
         state.put_remote_session(origin, sid, str(op.get("user")), str(op.get("address")))
     elif name == "presence_announce":
         state.remote_announce(origin, sid, str(op.get("group")), str(op.get("name")), True)
+    elif name == "presence_reach":
+        state.remote_reachable(origin, sid, op.get("ok") is True)
     elif name == "presence_close":
         state.drop_remote_session(origin, sid)
     elif name == "presence_reset":
@@ -119,6 +123,23 @@ class FleetPresence:
 
     def __init__(self, fleet: "PgFleet") -> None:
         self.fleet = fleet
+        #: ``on_dial(session_id, push)``: a ``dial`` push another tracker logged for
+        #: one of our sessions (set by the tracker core; only live rows, never loads).
+        self.on_dial: Callable[[str, dict], None] = lambda session_id, push: None
+        self.reachable: Callable[[str], object] = lambda session_id: None
+
+    def reach(self, session_id: str, reachable: bool) -> defer.Deferred:
+        """This tracker probed a session's address: log what it found for the fleet."""
+        d = self.fleet.propose({"op": "presence_reach", "tracker": self.fleet.number,
+                                "sid": session_id, "ok": bool(reachable)})
+        d.addErrback(self._lost, "reach")
+        return d
+
+    def dial(self, origin: int, session_id: str, push: dict) -> defer.Deferred:
+        """Log ``push`` for tracker ``origin``'s session; that tracker sends it when it
+        reads the row (at once if busy, else at its next heartbeat)."""
+        return self.fleet.propose({"op": "presence_dial", "tracker": self.fleet.number, "to": origin,
+                                   "sid": session_id, "push": push, "at": self.fleet.clock.seconds()})
 
     def opened(self, session: Session) -> defer.Deferred:
         """A client logged in here: fires once the fleet can see it."""
@@ -326,6 +347,8 @@ class PgFleet:
                 self._applied_live(op, result)
             if op.get("op") == "presence_reset" and op.get("tracker") == self.number:
                 self._reannounce()
+            if op.get("op") == "presence_dial" and op.get("to") == self.number:
+                self._dial_live(op)
 
     def _db_failed(self) -> None:
         if self.db_ok:
@@ -412,6 +435,17 @@ class PgFleet:
         except Exception:       # a notice must never break the write path
             log.failure("on_applied hook failed for {op}", op=op.get("op"))
 
+    def _dial_live(self, op: dict) -> None:
+        """Another tracker logged a ``dial`` push for one of our sessions: send it, unless stale."""
+        at, push = op.get("at"), op.get("push")
+        if not isinstance(at, (int, float)) or abs(self.clock.seconds() - at) > DIAL_STALE:
+            return      # read late (e.g. after an outage): the downloader gave up long ago
+        if isinstance(push, dict) and push.get("push") == "dial":
+            try:
+                self.presence.on_dial(str(op.get("sid", "")), push)
+            except Exception:
+                log.failure("on_dial hook failed")
+
     def _reannounce(self) -> None:
         """Another tracker took us for dead and dropped our peers: announce them again."""
         log.warn("the fleet expired this tracker's presence; announcing its sessions again")
@@ -420,6 +454,9 @@ class PgFleet:
             for group, name in sorted(s.shares):
                 self.propose({"op": "presence_announce", "tracker": self.number, "sid": s.session_id,
                               "group": group, "name": name}).addErrback(lambda f: None)
+            reachable = self.presence.reachable(s.session_id)
+            if isinstance(reachable, bool):
+                self.presence.reach(s.session_id, reachable)
 
     # -- leases ----------------------------------------------------------------------------
 

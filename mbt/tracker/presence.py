@@ -8,6 +8,11 @@ tracker that loses its link to another keeps that tracker's sessions for
 then forgets them: peers connected through a dead tracker stop being listed
 within that bound, until they re-announce through another tracker.
 
+Two more kinds serve peers that cannot be dialled (``connect_peer``): a
+tracker tells the others whether its session's address accepted its probe
+(``reach``), and hands the tracker holding a seeder's session the ``dial``
+push a downloader on another tracker asked for (``dial``).
+
 Mirrored sessions live in the same :class:`~mbt.tracker.state.TrackerState` as
 local ones (with ``origin`` set), so ``get_peers`` and ``list_files`` merge
 both and dedupe by peer address.
@@ -15,10 +20,11 @@ both and dedupe by peer address.
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Callable, Dict
 
 from twisted.logger import Logger
 
+from mbt.errors import NoSuchPeer
 from mbt.tracker.state import Session, TrackerState
 from mbt.timers import cancel_pending
 
@@ -53,7 +59,12 @@ class PresenceGossip:
         self.clock = clock
         self.expiry = expiry
         self.links: Dict[int, object] = {}
+        #: ``reachable(session_id)``: what this tracker's probe found (set by the core).
+        self.reachable: Callable[[str], object] = lambda session_id: None
         self._expiry_timers: Dict[int, object] = {}
+        #: ``on_dial(session_id, push)``: another tracker relays a ``dial`` push
+        #: for one of our sessions (set by the tracker core).
+        self.on_dial: Callable[[str, dict], None] = lambda session_id, push: None
 
     # -- changes on this tracker (called by TrackerCore) -------------------------
 
@@ -73,6 +84,20 @@ class PresenceGossip:
             self._broadcast({"t": "presence", "kind": "announce", "sid": session_id,
                              "group": group, "name": name})
 
+    def reach(self, session_id: str, reachable: bool) -> None:
+        """This tracker probed a session's address: tell the others what it found."""
+        self._broadcast({"t": "presence", "kind": "reach", "sid": session_id, "ok": bool(reachable)})
+
+    def dial(self, origin: int, session_id: str, push: dict) -> None:
+        """Have tracker ``origin`` send ``push`` to its session ``session_id``.
+
+        Raises NoSuchPeer when the link to that tracker is down.
+        """
+        link = self.links.get(origin)
+        if link is None:
+            raise NoSuchPeer("the tracker that peer is connected to is not reachable now")
+        link.send({"t": "presence", "kind": "dial", "sid": session_id, "push": push})
+
     def _broadcast(self, msg: dict) -> None:
         for link in list(self.links.values()):
             link.send(msg)
@@ -84,7 +109,7 @@ class PresenceGossip:
         self.links[number] = link
         cancel_pending(self._expiry_timers.pop(number, None))
         sessions = [{"sid": s.session_id, "user": s.user, "address": s.address,
-                     "shares": sorted([g, n] for g, n in s.shares)}
+                     "shares": sorted([g, n] for g, n in s.shares), "reachable": self.reachable(s.session_id)}
                     for s in sorted(self.state.local_sessions(), key=lambda s: s.session_id)]
         link.send({"t": "presence", "kind": "snapshot", "sessions": sessions})
 
@@ -110,11 +135,13 @@ class PresenceGossip:
             if not isinstance(sessions, list):
                 raise ValueError("bad presence snapshot")
             parsed = [(_str(s.get("sid")), _str(s.get("user")), _str(s.get("address")),
-                       _shares(s.get("shares", [])))
+                       _shares(s.get("shares", [])), s.get("reachable"))
                       for s in sessions if isinstance(s, dict)]
             self.state.drop_remote_sessions(number)
-            for sid, user, address, shares in parsed:
+            for sid, user, address, shares, reachable in parsed:
                 self.state.put_remote_session(number, sid, user, address, shares)
+                if isinstance(reachable, bool):
+                    self.state.remote_reachable(number, sid, reachable)
         elif kind == "open":
             self.state.put_remote_session(number, _str(msg.get("sid")), _str(msg.get("user")),
                                           _str(msg.get("address")))
@@ -123,6 +150,13 @@ class PresenceGossip:
         elif kind == "announce":
             self.state.remote_announce(number, _str(msg.get("sid")), _str(msg.get("group")),
                                        _str(msg.get("name")), True)
+        elif kind == "reach":
+            self.state.remote_reachable(number, _str(msg.get("sid")), msg.get("ok") is True)
+        elif kind == "dial":
+            push = msg.get("push")
+            if not isinstance(push, dict) or push.get("push") != "dial":
+                raise ValueError("bad dial relay")
+            self.on_dial(_str(msg.get("sid")), push)
         else:
             raise ValueError("unknown presence message")
 

@@ -99,6 +99,10 @@ class TrackerCore:
             replicator.start()
         self.replicator = replicator
         self.presence = replicator.presence
+        # Connect-back and relay across the fleet: what our probes found, and
+        # dial pushes other trackers bring for our sessions.
+        self.presence.reachable = self.reachable.get
+        self.presence.on_dial = self._dial_pushed
         self.signing_key = signing_key or tickets.signing_key_from_secret(secrets.token_bytes(32))
         #: Login throttling (mbt.throttle): shared with the other trackers by default.
         self.login_guard: LoginGuard = login_guard or replicator.login_guard
@@ -299,6 +303,7 @@ class TrackerCore:
             if session_id in self._by_session:
                 self.reachable[session_id] = bool(ok)
                 log.info("peer address {a} is {r}", a=address, r="reachable" if ok else "not reachable")
+                self.presence.reach(session_id, bool(ok))
         self.probe(address).addCallbacks(learnt, lambda f: learnt(False))
 
     def op_connect_peer(self, conn: Connection, req: dict) -> dict:
@@ -316,8 +321,11 @@ class TrackerCore:
         self.state.file_by_hash(conn.user, group, file_hash)    # not_member / no_such_file
         target_id = req.get("peer")
         target = self._by_session.get(target_id) if isinstance(target_id, str) else None
-        if target is None or target.session_id != target_id:
-            raise NoSuchPeer("that peer is not connected to this tracker")
+        remote = self.state.sessions.get(target_id) if isinstance(target_id, str) else None
+        if target is not None and target.session_id != target_id:
+            target = None
+        if target is None and (remote is None or not remote.origin):
+            raise NoSuchPeer("that peer is not logged in at any tracker now")
         token = secrets.token_urlsafe(24)
         message = {"push": "dial", "token": token, "group": group, "file_hash": file_hash}
         if self.reachable.get(conn.session_id):
@@ -327,11 +335,25 @@ class TrackerCore:
             message.update(via="relay", relay=relay)
         else:
             raise Unreachable("neither peer accepts connections and no relay is listed in TRACKER_INFO")
-        target.push(message)
         reply = {"via": message["via"], "token": token}
         if "relay" in message:
             reply["relay"] = message["relay"]
+        if target is not None:
+            target.push(message)
+            return reply
+        # The seeder is connected to another tracker of the fleet: that one pushes.
+        sent = self.presence.dial(remote.origin, target_id.split("/", 1)[1], message)
+        if isinstance(sent, defer.Deferred):        # a database store: logged for the fleet
+            return sent.addCallback(lambda _: reply)
         return reply
+
+    def _dial_pushed(self, session_id: str, message: dict) -> None:
+        """Another tracker asks us to send a ``dial`` push to our session ``session_id``."""
+        conn = self._by_session.get(session_id)
+        if conn is None or conn.session_id != session_id:
+            log.info("dial push for session {sid}, which is no longer here; dropped", sid=session_id[:40])
+            return
+        conn.push(message)
 
     def op_logout(self, conn: Connection, req: dict) -> dict:
         user = conn.user
@@ -400,8 +422,10 @@ class TrackerCore:
         result = self.state.get_peers(conn.user, req.get("group"), req.get("name"),
                                       exclude_session=conn.session_id or "")
         for p in result["peers"]:
-            # True / False when this tracker dialled the peer's address; None: unknown.
-            p["reachable"] = self.reachable.get(p.get("peer"))
+            # True / False when its tracker dialled the peer's address; None: unknown.
+            session = self.state.sessions.get(p.get("peer"))
+            p["reachable"] = (session.reachable if session is not None and session.origin
+                              else self.reachable.get(p.get("peer")))
         return result
 
 

@@ -63,6 +63,8 @@ class Session:
     address: str
     shares: Set[Tuple[str, str]] = field(default_factory=set)  # (group, name)
     origin: int = 0     # 0: a connection to this tracker; else the tracker that holds it
+    #: Another tracker's session: did its tracker find the address accepting? (None: unknown)
+    reachable: Optional[bool] = None
 
 
 class TrackerState:
@@ -370,6 +372,12 @@ class TrackerState:
         s = self.sessions.get(self.remote_session_id(origin, session_id))
         if s is not None:
             (s.shares.add if on else s.shares.discard)((group, name))
+
+    def remote_reachable(self, origin: int, session_id: str, reachable: bool) -> None:
+        """Tracker ``origin`` dialled its session's address: did it accept?"""
+        s = self.sessions.get(self.remote_session_id(origin, session_id))
+        if s is not None:
+            s.reachable = bool(reachable)
 
     def drop_remote_session(self, origin: int, session_id: str) -> None:
         """Tracker ``origin``'s session ended."""
