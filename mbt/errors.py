@@ -237,7 +237,7 @@ class NoSuchUser(MbtError):
 
 
 class NoSuchPeer(MbtError):
-    """``connect_peer``: the named peer is not logged in at any tracker of the fleet (or its tracker is out of reach)."""
+    """``connect_peer``: the named peer is logged in at no tracker of the fleet (or its tracker is out of reach)."""
 
     code = "no_such_peer"
 
