@@ -16,10 +16,11 @@ from typing import List
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import error, task
+from twisted.internet import error, main, task, tcp
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
+from twisted.protocols.basic import LineReceiver
 from twisted.test import iosim
 
 from mbt.errors import MbtError
@@ -749,6 +750,65 @@ def test_client_stream_any_chunking(cuts):
     proto, tr, dl = make_client(task.Clock())
     feed(proto, split_at(STREAM, cuts))
     assert dl.events == EXPECTED
+
+
+class RecvSocket:
+    """Enough of a socket for ``tcp.Connection``: the stream comes out at most ``step`` bytes a call."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.pos, self.step = data, 0, step
+
+    def setblocking(self, flag):
+        pass
+
+    def fileno(self):
+        return -1
+
+    def setsockopt(self, *args):
+        pass
+
+    def recv(self, n):
+        chunk = self.data[self.pos:self.pos + min(n, self.step)]
+        self.pos += len(chunk)
+        return chunk
+
+    def recv_into(self, buf, nbytes=0):
+        chunk = self.recv(nbytes or len(buf))
+        buf[:len(chunk)] = chunk
+        return len(chunk)
+
+    def send(self, data, flags=0):
+        return len(data)
+
+
+class TwistedReadClient(PeerClientProtocol):
+    DIRECT_READ = False
+
+
+@pytest.mark.parametrize("cls", [PeerClientProtocol, TwistedReadClient])
+@pytest.mark.parametrize("step", [1, 7, 100, 1 << 20])
+def test_client_both_read_paths_on_plain_tcp_frame_the_stream_alike(clock, cls, step):
+    dl = FakeDownload()
+    proto = cls(dl, HELLO, clock)
+    transport = tcp.Connection(RecvSocket(STREAM, step), proto, MemoryReactorClock())
+    proto.makeConnection(transport)
+    # The switch: the transport's doRead is replaced only when DIRECT_READ is on.
+    assert (transport.doRead == proto._read_socket) is cls.DIRECT_READ
+    for _ in range(len(STREAM) + 2):
+        why = transport.doRead()
+        if why is not None:
+            break
+    assert why is main.CONNECTION_DONE
+    assert dl.events == EXPECTED
+
+
+def test_client_owns_its_framing_buffer(clock):
+    proto, tr, dl = make_client(clock)
+    assert not isinstance(proto, LineReceiver)      # no LineReceiver private state is written
+    feed(proto, [b"BITFIELD 3 e0\nHAV"])
+    assert bytes(proto._line) == b"HAV"
+    feed(proto, [b"E 1\n"])
+    assert bytes(proto._line) == b"" and dl.events[-1] == ("have", 1)
 
 
 def test_client_blocks_of_max_size(clock):

@@ -526,13 +526,30 @@ class PeerServerFactory(protocol.ServerFactory):
                 c.refuse(reason)
 
 
-class PeerClientProtocol(LineReceiver, TimeoutMixin):
+class PeerClientProtocol(protocol.Protocol, TimeoutMixin):
     """Downloads one file from one server on behalf of a Download.
+
+    It frames the stream itself: control lines, and after each ``PIECE``
+    header exactly that many raw bytes, which go straight into their
+    destination (usually the piece buffer). It owns its buffers: the tail of
+    an unfinished line (``_line``), the block in progress (``_block``,
+    ``_target``, ``_got``) and, on the direct read path, one reused receive
+    buffer (``_rbuf``).
 
     Timeouts (``TimeoutMixin`` on ``clock``): HANDSHAKE_TIMEOUT for the first
     line, then IDLE_TIMEOUT from the server's last line; a ``PING`` every
     KEEPALIVE_INTERVAL from the start.
     """
+
+    #: The fast receive path, on or off. True: on a plain TCP transport the
+    #: protocol replaces the transport's ``doRead`` with :meth:`_read_socket`,
+    #: which ``recv_into``-s a small reused buffer between blocks, or the
+    #: block's destination in the middle of a block (no bytes object per
+    #: read, one copy from socket to piece). False, and always for TLS or any other transport: Twisted
+    #: reads and calls :meth:`dataReceived`. Both paths feed the same framing
+    #: (:meth:`_consume`), so they behave the same; only the cost differs
+    #: (docs/performance.rst). Set it on the class (or a subclass) to compare.
+    DIRECT_READ = True
 
     delimiter = b"\n"
     #: The longest line is the BITFIELD of the largest file a manifest may
@@ -550,12 +567,13 @@ class PeerClientProtocol(LineReceiver, TimeoutMixin):
         self.via = "direct"
         self.ready = False
         self.choked = True
-        self._block = None
+        self._line = bytearray()        # the unfinished control line received so far
+        self._block = None              # (index, offset, length) of the block being received
         self._buf = bytearray(MAX_BLOCK)
         self._view = memoryview(self._buf)
         self._got = 0
         self._target = None
-        self._rbuf = None
+        self._rbuf = None               # the direct read path's receive buffer
         self._keepalive: Optional[task.LoopingCall] = None
         self.callLater = clock.callLater
         self._direct: Optional[DirectWriter] = None
@@ -564,8 +582,9 @@ class PeerClientProtocol(LineReceiver, TimeoutMixin):
     def connectionMade(self) -> None:
         _tune(self.transport)
         if isinstance(self.transport, tcp.Connection) and hasattr(self.transport, "socket"):
-            self._rbuf = bytearray(LINE_READ)
-            self.transport.doRead = self._read_socket
+            if self.DIRECT_READ:
+                self._rbuf = bytearray(LINE_READ)
+                self.transport.doRead = self._read_socket
             # Lines are sent at once (one send, no epoll_ctl pair and no loop
             # turn per write, as Twisted's write path costs); mbt.protocols.direct.
             self._direct = DirectWriter(self.transport, _nothing, _nothing)
@@ -651,34 +670,37 @@ class PeerClientProtocol(LineReceiver, TimeoutMixin):
             self.abort("protocol error: %s" % e)
 
     def dataReceived(self, data: bytes) -> None:
-        """Bytes from a transport without the fast path (TLS, tests)."""
+        """Bytes from Twisted's read path (TLS, tests, ``DIRECT_READ`` off)."""
         self._consume(data, len(data))
 
     def _consume(self, data, end: int) -> None:
         """Split control lines from raw block bytes in ``data[:end]`` without re-slicing.
 
-        LineReceiver's own loop re-slices the remaining buffer after every raw
-        block (``setLineMode(rest)``), which is quadratic in blocks per read;
-        this loop walks one memoryview instead, honouring ``line_mode`` exactly
-        as LineReceiver does (``setRawMode`` inside ``lineReceived``). ``data``
-        is bytes or the reused receive bytearray.
+        A ``PIECE`` line (:meth:`lineReceived` -> :meth:`_start_block`) makes
+        the next ``length`` bytes the block's; after them, lines again. One
+        memoryview is walked from start to end (a re-slice of the rest after
+        every block would be quadratic in blocks per read). ``data`` is bytes
+        or the reused receive bytearray; nothing of it is kept but the tail of
+        an unfinished line, copied into ``_line``.
         """
         view = memoryview(data)
         pos = 0
         while pos < end and not self.transport.disconnecting:
-            if not self.line_mode:
-                pos += self.rawDataReceived(view[pos:end])
+            if self._block is not None:
+                pos += self._block_bytes(view[pos:end])
                 continue
             nl = data.find(b"\n", pos, end)
             if nl < 0:
-                self._buffer += bytes(view[pos:end])
-                if len(self._buffer) > self.MAX_LENGTH:
-                    self._buffer = b""
+                self._line += view[pos:end]
+                if len(self._line) > self.MAX_LENGTH:
+                    self._line = bytearray()
                     self.lineLengthExceeded(b"")
                 return
-            line = bytes(view[pos:nl])
-            if self._buffer:
-                line, self._buffer = self._buffer + line, b""
+            if self._line:
+                self._line += view[pos:nl]
+                line, self._line = bytes(self._line), bytearray()
+            else:
+                line = bytes(view[pos:nl])
             pos = nl + 1
             if len(line) > self.MAX_LENGTH:
                 self.lineLengthExceeded(line)
@@ -686,21 +708,20 @@ class PeerClientProtocol(LineReceiver, TimeoutMixin):
             self.lineReceived(line)
 
     def _start_block(self, index: int, offset: int, length: int) -> None:
-        """A PIECE header: choose where its bytes go, then switch to raw mode."""
+        """A PIECE header: choose where its ``length`` bytes go; they come next."""
         self._block = (index, offset, length)
         self._got = 0
         target = self.download.block_target(self, index, offset, length)
         # In place (straight into the piece buffer) when this is the only copy
         # being fetched; otherwise into this connection's scratch buffer.
         self._target = target if target is not None else self._view[:length]
-        self.setRawMode()
 
     def redirect_to_scratch(self) -> None:
         """Another peer's copy of our current block was accepted: stop writing in place."""
         if self._block is not None:
             self._target = self._view[:self._block[2]]
 
-    def rawDataReceived(self, data) -> int:
+    def _block_bytes(self, data) -> int:
         """Copy bytes of the current block; returns how many were consumed."""
         index, offset, length = self._block
         n = min(length - self._got, len(data))
@@ -714,13 +735,12 @@ class PeerClientProtocol(LineReceiver, TimeoutMixin):
         index, offset, length = self._block
         target, self._target = self._target, None
         self._block = None
-        self.setLineMode()
         self.download.block_received(self, index, offset, target)
 
-    # -- fast path on plain TCP -----------------------------------------------
+    # -- fast path on plain TCP (DIRECT_READ) ----------------------------------
 
     def _read_socket(self):
-        """Replaces the TCP transport's ``doRead``: no per-read allocation, one copy per byte.
+        """Replaces the TCP transport's ``doRead`` (``DIRECT_READ``): no per-read allocation, one copy per byte.
 
         Twisted's ``doRead`` allocates a fresh bytes object per ``recv`` (with
         1 MiB reads, page faults on every call). Here, in the middle of a block
@@ -766,7 +786,7 @@ class PeerClientProtocol(LineReceiver, TimeoutMixin):
         if self._direct is not None:
             self._direct.write(line + self.delimiter)
         else:
-            LineReceiver.sendLine(self, line)
+            self.transport.write(line + self.delimiter)
 
     def request(self, index: int, offset: int, length: int) -> None:
         """Ask the server for one block."""
