@@ -19,8 +19,9 @@ pool and are not given to the same peer again for a while. A peer that sent
 a piece failing its hash on its own is banned at once; suppliers of a failed
 piece shared with others get a strike, are banned at two, and meanwhile
 fetch whole pieces alone (probation), so a liar's next bad piece convicts it
-and clears its partners. ``docs/piece-selection.rst`` is the full
-specification.
+and clears its partners: the picker keeps who sent which block and hands a
+failed piece's record to its :class:`~mbt.peer.evidence.BanEvidence`, which
+judges. ``docs/piece-selection.rst`` is the full specification.
 
 Sanity figure (not a timed test): a simulated full download of a 2048-piece
 (1 GiB) file, 8 to 30 peers, pipelines of 4 to 32 blocks, spends 0.05-0.1 s
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Hashable, Iterable, List, Optional, Set, Tuple
 
 from mbt.manifest import PIECE_SIZE, piece_count as _piece_count, piece_length as _piece_length
+from mbt.peer.evidence import BanEvidence
 
 BLOCK_SIZE = 128 * 1024
 
@@ -50,8 +52,6 @@ TIMEOUT_MIN_FACTOR = 0.5
 TIMEOUT_MAX_FACTOR = 4.0
 #: A peer's rate is multiplied by this on every expire() that times it out.
 TIMEOUT_PENALTY = 0.5
-#: Strikes (failed pieces shared with other suppliers) that ban a peer.
-STRIKES_TO_BAN = 2
 
 Peer = Hashable
 
@@ -149,9 +149,9 @@ class PiecePicker:
                                                   # in the order they (re)opened
         self._pending: Dict[int, _Partial] = {}   # all blocks in, hash not checked yet
         self._peers: Dict[Peer, _Peer] = {}
-        self._banned: Set[Peer] = set()
-        self._strikes: Dict[Peer, int] = {}
-        self._evidence: List[frozenset] = []     # supplier sets of shared failures not yet explained
+        #: Who sent blocks of failed pieces; strikes and bans (see mbt.peer.evidence).
+        self.evidence = BanEvidence()
+        self._banned = self.evidence.banned       # the evidence's set, read on hot paths
         self._rate_sum = 0.0                      # over connected, non-banned peers
 
         # Rarest-first index: a random rank per piece (the tie-break, drawn
@@ -235,7 +235,7 @@ class PiecePicker:
         out: List[BlockRequest] = []
         # A peer on probation (it has a strike) fetches whole pieces alone, so
         # that its next bad piece, if any, convicts it without doubt.
-        alone = peer in self._strikes
+        alone = self.evidence.on_probation(peer)
         # 1. Finish what is started: a half-fetched piece is useless to us
         #    and to the swarm until its hash is checked.
         if self._open:
@@ -390,20 +390,13 @@ class PiecePicker:
     def piece_failed(self, index: int) -> List[Peer]:
         """Piece ``index`` failed its hash: fetch it all again; return peers newly banned.
 
-        Ignored (returns []) unless the piece is pending verification. The
-        suppliers of its accepted blocks are blamed:
-
-        * a sole supplier is banned at once;
-        * if a supplier is already banned, it explains the failure: no strikes;
-        * if the suppliers include all those of an earlier shared failure not
-          yet explained, the same suspects explain it: no new strikes;
-        * otherwise each supplier gets a strike, and is banned at
-          ``STRIKES_TO_BAN`` strikes. A peer with a strike is on probation: it
-          fetches whole pieces alone (see :meth:`next_requests`).
-
-        When a peer is banned, the strikes its co-suppliers got from failures
-        it took part in are withdrawn. A banned peer's outstanding requests
-        return to the pool.
+        Ignored (returns []) unless the piece is pending verification. Who
+        sent which of its blocks goes to :attr:`evidence`
+        (:meth:`BanEvidence.piece_failed <mbt.peer.evidence.BanEvidence.piece_failed>`
+        says how suppliers are judged). A peer with a strike is on probation:
+        it fetches whole pieces alone (see :meth:`next_requests`). A banned
+        peer's outstanding requests return to the pool; a cleared peer's
+        pieces are open to others again.
         """
         self._check_index(index)
         if self._state[index] != _PENDING:
@@ -412,22 +405,12 @@ class PiecePicker:
         self._state[index] = _FRESH
         self._fresh_count += 1
         self._bucket_add(index)
-        suppliers = list(dict.fromkeys(part.received.values()))
-        group = frozenset(suppliers)
-        if len(suppliers) == 1:
-            culprits = suppliers
-        elif group & self._banned or any(earlier <= group for earlier in self._evidence):
-            culprits = []
-        else:
-            self._evidence.append(group)
-            for s in suppliers:
-                self._strikes[s] = self._strikes.get(s, 0) + 1
-            culprits = [s for s in suppliers if self._strikes[s] >= STRIKES_TO_BAN]
-        newly = [s for s in culprits if s not in self._banned]
-        self._banned.update(newly)           # banned together: they do not clear each other
-        for s in newly:
-            self._ban(s)
-        return newly
+        verdict = self.evidence.piece_failed(part.received)
+        for peer in verdict.cleared:
+            self._disown(peer)                  # off probation
+        for peer in verdict.banned:
+            self._ban(peer)
+        return verdict.banned
 
     # ---------------------------------------------------------------- queries
 
@@ -437,7 +420,7 @@ class PiecePicker:
 
     def strikes(self, peer: Peer) -> int:
         """Strikes ``peer`` got for failed pieces it shared with other suppliers."""
-        return self._strikes.get(peer, 0)
+        return self.evidence.strikes(peer)
 
     def interesting(self, peer: Peer) -> bool:
         """Whether ``peer`` has a piece we have not verified yet (and is not banned)."""
@@ -683,16 +666,7 @@ class PiecePicker:
         self._rate_sum = sum(q.rate for p, q in self._peers.items() if p not in self._banned)
 
     def _ban(self, peer: Peer) -> None:
-        self._banned.add(peer)
-        self._strikes.pop(peer, None)
-        # Failures it took part in are explained: withdraw its co-suppliers' strikes.
-        for group in [g for g in self._evidence if peer in g]:
-            self._evidence.remove(group)
-            for other in group - self._banned:
-                self._strikes[other] -= 1
-                if not self._strikes[other]:
-                    del self._strikes[other]
-                    self._disown(other)      # off probation
+        """``peer`` was just banned (by the evidence): stop counting and asking it."""
         self._disown(peer)
         pst = self._peers.get(peer)
         if pst is None:
