@@ -22,8 +22,8 @@ the three applies. Time is passed in.
 :class:`LoginGuard` is the interface the tracker uses: ``admit`` (check, and
 count the attempt), ``failed`` and ``succeeded``. :class:`LocalLoginGuard`
 keeps the counters in memory; :mod:`mbt.tracker.login_budget` shares them
-between trackers. A store shared by all trackers (a database) can implement
-the same three methods.
+between linked trackers; :mod:`mbt.tracker.pglogin` keeps them in the
+PostgreSQL database a fleet of trackers shares.
 """
 
 from __future__ import annotations
@@ -97,6 +97,14 @@ class LoginThrottle:
         if strikes > mine:
             self._put(key, strikes, last)
 
+    def counter(self, key: Key) -> Optional[Tuple[float, float]]:
+        """(strikes, time of the last one) as stored, before decay; None if not tracked."""
+        return self._strikes.get(key)
+
+    def set_counter(self, key: Key, strikes: float, last: float) -> None:
+        """Store one counter as it is (loaded from elsewhere, e.g. a database)."""
+        self._put(key, strikes, last)
+
     def entries(self, now: float, limit: int) -> Iterable[Tuple[Key, float, float]]:
         """(key, strikes, seconds since the last strike) of live counters, most recent first."""
         out = []
@@ -116,7 +124,11 @@ class LoginThrottle:
 
 
 class LoginGuard(Protocol):
-    """What the tracker asks before and after checking a password."""
+    """What the tracker asks before and after checking a password.
+
+    Each method may answer at once or return a Deferred of the same (a guard
+    whose counters live in a database: :mod:`mbt.tracker.pglogin`); the
+    tracker waits for it before going on."""
 
     def admit(self, user: str, address: str) -> Optional[float]:
         """None: the attempt may be checked, and is counted now. Else seconds to wait (not counted)."""

@@ -377,3 +377,77 @@ def test_snapshots_compact_the_log_and_a_new_tracker_starts_from_one(tmp_path, p
                 c.transport.loseConnection()
         for s in list(services.running):
             yield s.stopService()
+
+
+def test_one_login_budget_for_the_whole_fleet_in_the_database(fleet):
+    # As tests/test_throttle_e2e.py for linked SQLite trackers: a guesser at
+    # 127.0.0.2 spends its free wrong passwords for alice on tracker 1, then
+    # tracker 2 (and 3) make it wait too, while alice logs in through any of them.
+    from mbt.throttle import PAIR_FREE
+    from tests.test_throttle_e2e import code
+    t = fleet(3)
+    for n in (1, 2, 3):
+        t.start(n)
+    alice = Client(t.port(1), source="127.0.0.1")
+    assert code(alice, "create_user", user="alice", password="right") == "ok"
+    alice.close()
+    guesser1 = Client(t.port(1), source="127.0.0.2")
+    codes = [code(guesser1, "login", user="alice", password="guess%d" % i, address="127.0.0.2:7000")
+             for i in range(PAIR_FREE)]
+    assert codes == ["bad_credentials"] * PAIR_FREE
+    for n in (2, 3):
+        guesser = Client(t.port(n), source="127.0.0.2")
+        assert code(guesser, "login", user="alice", password="guess-on-%d" % n,
+                    address="127.0.0.2:7000") == "rate_limited"
+        guesser.close()
+    assert code(guesser1, "login", user="alice", password="guess-again", address="127.0.0.2:7000") \
+        == "rate_limited"
+    for n in (1, 2, 3):
+        alice = Client(t.port(n), source="127.0.0.1")
+        assert code(alice, "login", user="alice", password="right", address="127.0.0.1:7000") == "ok"
+        alice.close()
+    guesser1.close()
+    # The counters are in the database, on its clock: 5 strikes of the pair
+    # (alice's right password cleared hers), one per wrong password of the address.
+    import psycopg
+    with psycopg.connect(t.url) as conn:
+        rows = dict(conn.execute("SELECT replace(key, chr(31), ' '), strikes FROM mbt_login_strikes"))
+    assert rows == {"p alice 127.0.0.2": PAIR_FREE, "a 127.0.0.2": PAIR_FREE, "u alice": PAIR_FREE}
+
+
+def test_login_budget_steps_on_several_connections_at_once_lose_no_strike(pg_url):
+    # Four trackers' connections hammer the same counters in parallel: every
+    # admitted attempt is counted (the rows are locked), none is lost.
+    from mbt.throttle import LoginThrottle, keys_of
+    from mbt.tracker.pgstore import PgLog
+    dbs = [PgLog(pg_url) for _ in range(4)]
+    dbs[0].ensure_schema()
+    admitted = []
+
+    def step(throttle, now):
+        time.sleep(0.01)        # a slow step inside the transaction: concurrent ones overlap
+        wait = throttle.retry_after("alice", "10.0.0.9", now)
+        if wait is None:
+            throttle.attempt("alice", "10.0.0.9", now)
+        return wait
+
+    def attempts(db):
+        for _ in range(10):
+            if db.login_step(keys_of("alice", "10.0.0.9"), step, LoginThrottle) is None:
+                admitted.append(1)
+    began = time.monotonic()
+    workers = [threading.Thread(target=attempts, args=(db,)) for db in dbs]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(30)
+    elapsed = time.monotonic() - began
+    import psycopg
+    with psycopg.connect(pg_url) as conn:
+        strikes = conn.execute("SELECT strikes FROM mbt_login_strikes WHERE key = %s",
+                               ("p\x1falice\x1f10.0.0.9",)).fetchone()[0]
+    assert strikes == len(admitted) >= 5
+    if elapsed < 1.0:           # past the 5th strike the next attempt waits 1 s
+        assert len(admitted) == 5
+    for db in dbs:
+        db.close()

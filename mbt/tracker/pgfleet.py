@@ -46,7 +46,7 @@ from twisted.python.threadpool import ThreadPool
 
 from mbt.errors import ConfigError, MbtError
 from mbt.tracker import snapshot
-from mbt.tracker.login_budget import SharedLoginGuard
+from mbt.tracker.pglogin import DatabaseLoginGuard
 from mbt.tracker.pgstore import DatabaseUnavailable, PgLog, safe_url
 from mbt.tracker.state import Session, TrackerState
 
@@ -175,7 +175,7 @@ class PgFleet:
 
     def __init__(self, number: int, state: TrackerState, url: str, clock,
                  heartbeat: float = HEARTBEAT, lease: float = LEASE,
-                 snapshot_every: int = SNAPSHOT_EVERY, pool_size: int = 4) -> None:
+                 snapshot_every: int = SNAPSHOT_EVERY, pool_size: int = 5) -> None:
         self.number = number
         self.state = state
         self.url = url
@@ -188,12 +188,12 @@ class PgFleet:
         #: (our own writes and other trackers' caught up while serving; not
         #: loads or reloads): membership pushes (mbt.tracker.events).
         self.on_applied: Callable[[dict, dict], None] = lambda op, result: None
-        # The login budget of this tracker alone (not yet shared through the database).
-        self.login_guard = SharedLoginGuard(clock)
         self.head = 0
         self.db_ok = True
         self._reader, self._writer, self._beater, self._snapper = (PgLog(url) for _ in range(4))
         self._pool = ThreadPool(minthreads=1, maxthreads=pool_size, name="mbt-db")
+        #: The login budget of the whole fleet, in the database (mbt.tracker.pglogin).
+        self.login_guard = DatabaseLoginGuard(PgLog(url), self._in_pool)
         self._writes: Deque[Tuple[dict, defer.Deferred]] = deque()
         self._writing = False
         self._inflight: Optional[defer.Deferred] = None    # validated, not yet committed
@@ -247,6 +247,7 @@ class PgFleet:
         self._pool.stop()
         for db in (self._reader, self._writer, self._beater, self._snapper):
             db.close()
+        self.login_guard.close()
 
     def _in_pool(self, fn, *args) -> defer.Deferred:
         return threads.deferToThreadPool(self.clock, self._pool, fn, *args)

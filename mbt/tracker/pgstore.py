@@ -13,6 +13,9 @@ Blocking code, run only in the tracker's database thread pool
     the whole state (durable and sessions) after operation ``seq``.
 ``mbt_trackers(number, alive_until)``
     presence leases: each tracker renews its row every second.
+``mbt_login_strikes(key, strikes, last)``
+    the login throttle's counters (:mod:`mbt.tracker.pglogin`), one budget
+    for the whole fleet; ``last`` in seconds of the database's clock.
 
 Times come from the database clock (``now()``), so trackers' clocks may differ.
 Passwords come from the URL, ``PGPASSWORD`` or ``~/.pgpass`` (libpq) and are
@@ -22,7 +25,7 @@ never logged: :func:`safe_url` is what the tracker prints.
 from __future__ import annotations
 
 import json
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
 from mbt.errors import MbtError
@@ -37,6 +40,8 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS mbt_snapshot (seq bigint PRIMARY KEY, state text NOT NULL)",
     "CREATE TABLE IF NOT EXISTS mbt_trackers (number integer PRIMARY KEY,"
     " alive_until timestamptz NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS mbt_login_strikes (key text PRIMARY KEY,"
+    " strikes double precision NOT NULL, last double precision NOT NULL)",
 ]
 
 #: Serialises schema creation when several trackers start on an empty database at once.
@@ -250,6 +255,48 @@ class PgLog:
                 conn.execute("INSERT INTO mbt_snapshot (seq, state) VALUES (1, %s)", (text,))
                 conn.execute("UPDATE mbt_head SET seq = 1 WHERE id = 1")
             return 1
+        return self._run(run)
+
+    # -- the login budget ---------------------------------------------------------
+
+    def login_step(self, keys: List[tuple], step: Callable[[object, float], object],
+                   throttle_factory: Callable[[], object]):
+        """One step of the fleet's login budget, in one transaction.
+
+        The counters ``keys`` are locked (created first if missing, so that
+        concurrent steps on the same counters queue), loaded into a fresh
+        throttle from ``throttle_factory()``, and ``step(throttle, now)`` runs
+        with ``now`` from the database's clock; the counters are written back
+        (deleted when empty) and ``step``'s result returned. Decayed counters
+        of the whole table are deleted now and then.
+        """
+        names = sorted("\x1f".join(key) for key in keys)
+
+        def run(conn):
+            with conn.transaction():
+                now = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
+                conn.execute("INSERT INTO mbt_login_strikes (key, strikes, last)"
+                             " SELECT unnest(%s::text[]), 0, 0 ON CONFLICT DO NOTHING", (names,))
+                rows = conn.execute("SELECT key, strikes, last FROM mbt_login_strikes WHERE key = ANY(%s)"
+                                    " ORDER BY key FOR UPDATE", (names,)).fetchall()
+                throttle = throttle_factory()
+                for name, strikes, last in rows:
+                    if strikes > 0:
+                        throttle.set_counter(tuple(name.split("\x1f")), strikes, last)
+                result = step(throttle, now)
+                for name in names:
+                    counter = throttle.counter(tuple(name.split("\x1f")))
+                    if counter is None or counter[0] <= 0:
+                        conn.execute("DELETE FROM mbt_login_strikes WHERE key = %s", (name,))
+                    else:
+                        conn.execute("UPDATE mbt_login_strikes SET strikes = %s, last = %s WHERE key = %s",
+                                     (counter[0], counter[1], name))
+                if int(now) % 60 == 0:
+                    # In the first second of each minute: counters old enough to have
+                    # decayed to nothing go (strikes decay one per ``decay`` seconds).
+                    conn.execute("DELETE FROM mbt_login_strikes WHERE last + strikes * %s < %s",
+                                 (throttle.decay, now))
+            return result
         return self._run(run)
 
     # -- presence leases ---------------------------------------------------------

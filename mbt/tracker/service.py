@@ -262,15 +262,16 @@ class TrackerCore:
             raise AlreadyLoggedIn("already logged in as %s; logout first" % conn.user)
         client_host = conn.remote.rsplit(":", 1)[0]
         # The attempt counts before its password is checked (parallel ones too).
-        wait = self.login_guard.admit(user, client_host)
+        # (A guard may answer later: its counters in a database, mbt.tracker.pglogin.)
+        wait = yield defer.maybeDeferred(self.login_guard.admit, user, client_host)
         if wait is not None:
             raise RateLimited("too many failed logins; try again in %d s" % (int(wait) + 1))
         ok = yield self.run_in_thread(passwords.verify, self.state.password_record(user), pw)
         if not ok:
-            self.login_guard.failed(user, client_host)
+            yield defer.maybeDeferred(self.login_guard.failed, user, client_host)
             # One message for a missing user and a wrong password: no user enumeration.
             raise BadCredentials("wrong user id or password")
-        self.login_guard.succeeded(user, client_host)
+        yield defer.maybeDeferred(self.login_guard.succeeded, user, client_host)
         if conn.user is not None:   # a racing second login on the same connection
             raise AlreadyLoggedIn("already logged in as %s; logout first" % conn.user)
         if conn.closed:             # the peer hung up while its password was checked
@@ -507,7 +508,6 @@ class TrackerService(service.Service):
                                     signing_key=tickets.signing_key_from_secret(secret), clock=reactor,
                                     relays=self.relays, probe=lambda address: tcp_probe(reactor, address))
             self.loaded = self.core.load()
-            self.compactor.note()       # a long log from before snapshots existed: compact it now
         except BaseException:
             if self.store is not None:
                 self.store.close()
@@ -546,6 +546,8 @@ class TrackerService(service.Service):
                      host=addr.host, port=addr.port, dir=self.where, n=self.loaded)
             # Listen first (other trackers reach us on this port), then look for them.
             self.replicator.start()
+            if self.compactor is not None:
+                self.compactor.note()   # a long log from before snapshots existed: compact it now
             if self.mesh is not None:
                 self.mesh.start()
             return port
