@@ -276,3 +276,20 @@ def test_random_interleavings_with_snapshots_every_three_operations_converge(ste
     assert sorted(net.roles().values()) == [FOLLOWING, FOLLOWING, LEADING]
     assert len({n.rep.oplog.head_hash for n in net.nodes.values()}) == 1
     assert all(node.store.orphans() == [] for node in net.nodes.values())
+
+
+def test_a_state_restored_from_a_snapshot_at_any_point_goes_on_like_the_live_one():
+    from mbt.tracker import snapshot
+    ops = history()
+    live = TrackerState()
+    for op in ops:
+        live.apply(op)
+    for cut in range(len(ops) + 1):
+        before = TrackerState()
+        for op in ops[:cut]:
+            before.apply(op)
+        restored = TrackerState()
+        snapshot.loads(restored, snapshot.dumps(before))
+        for op in ops[cut:]:
+            restored.apply(op)      # leaving groups, sharers dropping out: the same as live
+        assert restored.digest() == live.digest(), cut

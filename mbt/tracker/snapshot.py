@@ -15,7 +15,7 @@ import json
 from typing import List, Optional
 
 from mbt.manifest import Manifest
-from mbt.tracker.state import Group, Session, SharedFile, TrackerState
+from mbt.tracker.state import Group, Session, TrackerState
 
 FORMAT = 1
 
@@ -50,8 +50,7 @@ def restore(state: TrackerState, data: dict) -> None:
     for gid, owner, members, requests in data["groups"]:
         state.groups[gid] = Group(gid, owner, list(members), list(requests))
     for gid, manifest, sharers in data["files"]:
-        m = Manifest.from_dict(manifest)
-        state.files[(gid, m.name)] = SharedFile(m, set(sharers))
+        state.add_file(gid, Manifest.from_dict(manifest), sharers)
     if "sessions" in data:
         state.sessions.clear()
         for sid, user, address, shares, origin in data["sessions"]:

@@ -75,6 +75,8 @@ class TrackerState:
         self.groups: Dict[str, Group] = {}
         self.files: Dict[Tuple[str, str], SharedFile] = {}
         self.sessions: Dict[str, Session] = {}
+        #: group -> names of its registered files (so leaving a group does not scan every file).
+        self._names_by_group: Dict[str, Set[str]] = {}
 
     # ------------------------------------------------------------------
     # durable operations
@@ -96,6 +98,15 @@ class TrackerState:
         self.users.clear()
         self.groups.clear()
         self.files.clear()
+        self._names_by_group.clear()
+
+    def add_file(self, group: str, manifest: Manifest, sharers) -> None:
+        """Register a file with its sharers as they are (restoring a snapshot)."""
+        self.files[(group, manifest.name)] = SharedFile(manifest, set(sharers))
+        self._names_by_group.setdefault(group, set()).add(manifest.name)
+
+    def _file_keys(self, group: str) -> List[Tuple[str, str]]:
+        return [(group, name) for name in sorted(self._names_by_group.get(group, ()))]
 
     def _op_create_user(self, op: dict) -> dict:
         user = check_id("user id", op.get("user"))
@@ -136,13 +147,14 @@ class TrackerState:
                 return {"group": g.group_id, "withdrawn": True}
             raise NotMember("you are not a member of group %s" % g.group_id)
         g.members.remove(user)
-        for key in [k for k in self.files if k[0] == g.group_id]:
+        for key in self._file_keys(g.group_id):
             self._drop_sharer(key, user)
         result = {"group": g.group_id, "deleted": False, "owner": g.owner, "was_owner": g.owner == user}
         if not g.members:
             del self.groups[g.group_id]
-            for key in [k for k in self.files if k[0] == g.group_id]:
+            for key in self._file_keys(g.group_id):
                 del self.files[key]
+            self._names_by_group.pop(g.group_id, None)
             result["deleted"] = True
             result["owner"] = None
         elif g.owner == user:
@@ -177,6 +189,7 @@ class TrackerState:
         entry = self.files.get(key)
         if entry is None:
             entry = self.files[key] = SharedFile(manifest)
+            self._names_by_group.setdefault(g.group_id, set()).add(manifest.name)
         elif entry.manifest.file_hash != manifest.file_hash or entry.manifest.size != manifest.size:
             raise FileConflict(
                 "group %s already has a different file named %s; rename yours to share it"
@@ -205,6 +218,11 @@ class TrackerState:
                 s.shares.discard(key)
         if not entry.sharers:
             del self.files[key]
+            names = self._names_by_group.get(key[0])
+            if names is not None:
+                names.discard(key[1])
+                if not names:
+                    del self._names_by_group[key[0]]
 
     # ------------------------------------------------------------------
     # checks shared by operations and queries
