@@ -320,12 +320,15 @@ class RelayOptions(_Options):
     which only ever pipes their ciphertext.
     """
 
-    synopsis = "--listen ENDPOINT [--rate R] [--total-rate R] [--max-pairs N]"
+    synopsis = "--listen ENDPOINT [--rate R] [--total-rate R] [--max-pairs N] [--no-zero-copy]"
     optParameters = [
         ["listen", "l", None, "where to accept peers, a Twisted endpoint, e.g. tcp:7400"],
         ["rate", "r", "0", "bytes/s each connection may send, e.g. 10M (0 = no limit)"],
         ["total-rate", "t", "0", "bytes/s through the whole relay, e.g. 100M (0 = no limit)"],
         ["max-pairs", None, "500", "pairs relayed at once"],
+    ]
+    optFlags = [
+        ["no-zero-copy", None, "copy relayed bytes through Python instead of splice(2) (for comparison)"],
     ]
 
     def postOptions(self) -> None:

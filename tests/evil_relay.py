@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--record")
     ap.add_argument("--flip-at", type=int)
     args = ap.parse_args()
-    factory = RelayFactory(reactor)
+    factory = RelayFactory(reactor, zero_copy=False)     # every byte through _forward
     factory.protocol = EvilRelayProtocol
     factory.record = open(args.record, "ab") if args.record else None
     factory.flip_at = args.flip_at

@@ -155,3 +155,63 @@ def test_options():
                 ["--listen", "tcp:1", "--tls-cert", "/nonexistent"]):    # no such flag
         with pytest.raises(usage.UsageError):
             Options().parseOptions(bad)
+
+
+# -- the real relay process: bytes intact both ways, backpressure, close after the last byte ------
+
+@pytest.mark.parametrize("flags", [[], ["--no-zero-copy"]], ids=["splice", "copy"])
+def test_a_real_relay_pipes_every_byte_both_ways_and_closes_after_the_last(procs, tmp_path, flags):
+    import hashlib
+    import os
+    import socket
+    import threading
+    import time
+
+    from mbt.driver import Process, bin_path, free_port, wait_port
+    port = free_port()
+    relay = Process([bin_path("twistd"), "-n", "--pidfile", "", "mbt-relay", "--listen",
+                     "tcp:%d:interface=127.0.0.1" % port] + flags, cwd=str(tmp_path), log=str(tmp_path / "relay.log"))
+    procs.append(relay)
+    wait_port(port, 20, relay.proc)
+    a = socket.create_connection(("127.0.0.1", port), timeout=30)
+    b = socket.create_connection(("127.0.0.1", port), timeout=30)
+    # Early data after the handshake line is kept and forwarded after OK.
+    a.sendall(b"RELAY %s serve\nearly-" % TOKEN.encode())
+    b.sendall(b"RELAY %s fetch\n" % TOKEN.encode())
+    assert a.recv(3) == b"OK\n" and b.recv(3) == b"OK\n"
+    big = os.urandom(24 * 1024 * 1024 + 7)
+    small = os.urandom(300 * 1024 + 3)
+    tail = os.urandom(4 * 1024 * 1024)
+    got = {}
+
+    def receive(sock, name, length=None, slow=False):
+        if slow:
+            time.sleep(1.0)        # the relay meets a full destination first: backpressure
+        h, n = hashlib.sha256(), 0
+        while length is None or n < length:
+            chunk = sock.recv(min(1 << 20, (length - n) if length is not None else 1 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            n += len(chunk)
+        got[name] = (n, h.hexdigest())
+
+    def run(*threads):
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    # Both ways at once, the fetch side reading late.
+    run(threading.Thread(target=a.sendall, args=(big,)), threading.Thread(target=b.sendall, args=(small,)),
+        threading.Thread(target=receive, args=(b, "b", len(big) + 6, True)),
+        threading.Thread(target=receive, args=(a, "a", len(small))))
+    assert got["b"] == (len(big) + 6, hashlib.sha256(b"early-" + big).hexdigest())
+    assert got["a"] == (len(small), hashlib.sha256(small).hexdigest())
+    # One side writes its last bytes and hangs up at once: the other gets them all, then the end.
+    a.sendall(tail)
+    a.close()
+    time.sleep(0.5)
+    run(threading.Thread(target=receive, args=(b, "end")))
+    assert got["end"] == (len(tail), hashlib.sha256(tail).hexdigest())
+    b.close()
+    assert ("(copy)" if flags else "(splice)") in (tmp_path / "relay.log").read_text()

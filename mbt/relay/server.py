@@ -16,6 +16,7 @@ from twisted.internet import interfaces, protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mbt.relay import splice
 from mbt.relay.pairing import Allowance, Pairing, RelayRefused, parse_handshake
 from mbt.timers import cancel_pending
 
@@ -45,6 +46,8 @@ class RelayProtocol(protocol.Protocol):
         self._timer = None
         self._rate_timer = None
         self.allowance: Optional[Allowance] = None
+        #: The splice pipe that writes into this connection (zero-copy mode), if any.
+        self.pipe_in: Optional[splice.SplicePipe] = None
 
     def connectionMade(self) -> None:
         f = self.factory
@@ -99,11 +102,20 @@ class RelayProtocol(protocol.Protocol):
         partner.transport.registerProducer(self, True)
         for side in (self, partner):
             side.transport.write(b"OK\n")
-        log.info("relay: paired {a} with {b}", a=self.transport.getPeer(), b=partner.transport.getPeer())
         for side in (partner, self):
             early, side._buffer = side._buffer, b""
             if early:
                 side._forward(early)
+        f = self.factory
+        if f.zero_copy and f.rate <= 0 and f.total.rate <= 0 and splice.available(self.transport,
+                                                                                   partner.transport):
+            # No limits to enforce: the kernel moves the bytes (mbt.relay.splice).
+            def counted(n: int) -> None:
+                f.relayed += n
+            partner.pipe_in = splice.SplicePipe(self.transport, partner.transport, counted)
+            self.pipe_in = splice.SplicePipe(partner.transport, self.transport, counted)
+        log.info("relay: paired {a} with {b} ({how})", a=self.transport.getPeer(), b=partner.transport.getPeer(),
+                 how="splice" if self.pipe_in is not None else "copy")
 
     def _forward(self, data: bytes) -> None:
         f = self.factory
@@ -143,6 +155,9 @@ class RelayProtocol(protocol.Protocol):
         self.connected = 0
         self._cancel_timer()
         self._rate_timer = cancel_pending(self._rate_timer)
+        if self.pipe_in is not None:
+            self.pipe_in.close()
+            self.pipe_in = None
         f = self.factory
         f.connections.discard(self)
         partner, self.partner = self.partner, None
@@ -166,8 +181,10 @@ class RelayFactory(protocol.ServerFactory):
     noisy = False
 
     def __init__(self, clock, rate: float = 0.0, total_rate: float = 0.0,
-                 max_waiting: int = 1000, max_pairs: int = 500) -> None:
+                 max_waiting: int = 1000, max_pairs: int = 500, zero_copy: bool = True) -> None:
         self.clock = clock
+        #: Pipe unlimited pairs with splice(2) where possible (mbt.relay.splice).
+        self.zero_copy = zero_copy
         self.rate = rate
         self.total = Allowance(total_rate, clock.seconds())
         self.pairing = Pairing(max_waiting, max_pairs)

@@ -13,7 +13,7 @@ def makeService(config, reactor=None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor
     factory = RelayFactory(reactor, rate=config["rate"], total_rate=config["total-rate"],
-                           max_pairs=config["max-pairs"])
+                           max_pairs=config["max-pairs"], zero_copy=not config["no-zero-copy"])
     try:
         endpoint = endpoints.serverFromString(reactor, config["listen"])
     except (ValueError, TypeError) as e:
