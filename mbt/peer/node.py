@@ -192,10 +192,7 @@ class PeerNode:
         if self.user is not None:
             raise AlreadyLoggedIn("already logged in as %s; logout first" % self.user)
         key = tickets.new_session_key()
-        sent = self.reactor.seconds()
-        reply = yield self.tracker.request("login", user=user, password=password, address=self.address,
-                                           session_key=tickets.public_key_hex(key))
-        self._tracker_time(sent, self.reactor.seconds(), reply.get("time"))
+        yield self._send_login(self.tracker.request, user, password, key)
         self.session_key = key
         self.user, self._password = user, password
         self.login_serial += 1
@@ -246,16 +243,22 @@ class PeerNode:
         return {"user": user, "shares": shares, "note": note}
 
     @defer.inlineCallbacks
+    def _send_login(self, send: Callable[..., defer.Deferred], user: str, password: str, key):
+        """The ``login`` request, the same at a user's login and at every re-login
+        after a (re)connect; the reply's ``time`` is a sample of the trackers' clock."""
+        sent = self.reactor.seconds()
+        reply = yield send("login", user=user, password=password, address=self.address,
+                           session_key=tickets.public_key_hex(key))
+        self._tracker_time(sent, self.reactor.seconds(), reply.get("time"))
+        return reply
+
+    @defer.inlineCallbacks
     def _tracker_connected(self, client: TrackerClient):
         """After a (re)connect: log back in from memory and re-announce shares."""
         if self.user is None or self._password is None:
             return
         try:
-            sent = self.reactor.seconds()
-            reply = yield client.raw_request("login", user=self.user, password=self._password,
-                                             address=self.address,
-                                             session_key=tickets.public_key_hex(self.session_key))
-            self._tracker_time(sent, self.reactor.seconds(), reply.get("time"))
+            yield self._send_login(client.raw_request, self.user, self._password, self.session_key)
         except MbtError as e:
             self.notify("could not log back in as %s: %s" % (self.user, e.message))
             return
