@@ -442,6 +442,9 @@ class _GatedEndpoint:
     def __init__(self, link: TrackerClient) -> None:
         self.link = link
 
+    def __repr__(self) -> str:      # ClientService logs "Scheduling retry N to connect <this> in S seconds"
+        return "tracker %s" % self.link.endpoint.current
+
     def connect(self, factory) -> defer.Deferred:
         link = self.link
         gated = _GateFactory(factory, link, link._factory)
