@@ -14,6 +14,8 @@ tracker's behaviour lives.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import secrets
 from typing import Callable, Dict, List, Optional
@@ -62,6 +64,20 @@ def _password(req: dict) -> str:
     if any(c.isspace() for c in pw):
         raise InvalidArgument("password must not contain spaces")
     return pw
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """No cyclic garbage collection meanwhile: loading a large snapshot creates
+    millions of objects, and the collector's passes over them (none of which
+    is garbage) would take longer than the load itself."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _default_clock():
@@ -507,7 +523,8 @@ class TrackerService(service.Service):
             self.core = TrackerCore(state, self.store, replicator=self.replicator,
                                     signing_key=tickets.signing_key_from_secret(secret), clock=reactor,
                                     relays=self.relays, probe=lambda address: tcp_probe(reactor, address))
-            self.loaded = self.core.load()
+            with _collector_paused():
+                self.loaded = self.core.load()
         except BaseException:
             if self.store is not None:
                 self.store.close()
@@ -528,7 +545,8 @@ class TrackerService(service.Service):
         self.core = TrackerCore(state, None, replicator=self.replicator,
                                 signing_key=tickets.signing_key_from_secret(secret), clock=reactor,
                                 relays=self.relays, probe=lambda address: tcp_probe(reactor, address))
-        self.loaded = self.core.load()
+        with _collector_paused():
+            self.loaded = self.core.load()
         self.factory = TrackerServerFactory(self.core, None)
 
     def startService(self) -> None:
