@@ -254,6 +254,13 @@ class CatchingUp(MbtError):
     code = "catching_up"
 
 
+class DatabaseUnavailable(MbtError):
+    """PostgreSQL mode: the database cannot be reached (or failed mid-operation); the request failed whole."""
+
+    code = "db_unavailable"
+    default_message = "tracker database unavailable; retrying"
+
+
 class Unconfirmed(MbtError):
     """A forwarded write was not confirmed in time; it may or may not have been applied."""
 

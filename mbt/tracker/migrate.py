@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 from typing import Tuple
 
-from mbt.errors import ConfigError, MbtError
+from mbt.errors import ConfigError, DatabaseUnavailable, MbtError
 from mbt.tracker import snapshot
 from mbt.statedir import StateDirLock, ensure_state_dir
 from mbt.tracker.oplog import OpLog
 from mbt.tracker.pgfleet import rebuild
-from mbt.tracker.pgstore import DatabaseUnavailable, PgLog, safe_url
+from mbt.tracker.pgstore import PgLog, safe_url
 from mbt.tracker.state import TrackerState
 from mbt.tracker.store import SQLiteStore
 

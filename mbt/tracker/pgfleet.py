@@ -44,10 +44,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from mbt.errors import ConfigError, MbtError
+from mbt.errors import ConfigError, DatabaseUnavailable, MbtError
 from mbt.tracker import snapshot
 from mbt.tracker.pglogin import DatabaseLoginGuard
-from mbt.tracker.pgstore import DatabaseUnavailable, PgLog, safe_url
+from mbt.tracker.pgstore import PgLog, safe_url
 from mbt.tracker.state import Session, TrackerState
 
 log = Logger(namespace="mbt.tracker.pgfleet")

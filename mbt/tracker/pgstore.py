@@ -28,10 +28,7 @@ import json
 from typing import Callable, List, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
-from mbt.errors import MbtError
-
-#: The message clients see (the console prints ``error: <this>``).
-UNAVAILABLE = "tracker database unavailable; retrying"
+from mbt.errors import DatabaseUnavailable
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS mbt_head (id integer PRIMARY KEY CHECK (id = 1), seq bigint NOT NULL)",
@@ -46,15 +43,6 @@ SCHEMA = [
 
 #: Serialises schema creation when several trackers start on an empty database at once.
 _SCHEMA_LOCK = 0x6D6274
-
-
-class DatabaseUnavailable(MbtError):
-    """The database cannot be reached (or failed mid-operation): the request failed whole."""
-
-    code = "db_unavailable"
-
-    def __init__(self, message: str = UNAVAILABLE) -> None:
-        super().__init__(message)
 
 
 def is_url(value: str) -> bool:
