@@ -190,7 +190,7 @@ class CommandTable:
 
     def _format_failure(self, failure, line: str) -> str:
         if failure.check(MbtError):
-            return "error: " + _one_line(failure.value.message)
+            return _one_line(failure.value.console_line())
         word = line.split()[0] if line.split() else ""
         log.failure("command {cmd} failed", failure, cmd=word)   # never the arguments: passwords
         return "error: internal error in %s (%s); see the peer's log" % (word, failure.type.__name__)

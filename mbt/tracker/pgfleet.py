@@ -93,17 +93,6 @@ def apply_entry(state: TrackerState, op: dict, me: Optional[int]) -> Optional[di
         state.drop_remote_sessions(origin)
 
 
-def fleet_snapshot(state: TrackerState, me: Optional[int]) -> str:
-    """A snapshot in which tracker ``me``'s own (local) sessions appear as its remote ones."""
-    data = snapshot.dump(state, sessions=True)
-    if me is not None:
-        data["sessions"] = [
-            [TrackerState.remote_session_id(me, sid), user, address, shares, me] if origin == 0
-            else [sid, user, address, shares, origin]
-            for sid, user, address, shares, origin in data["sessions"]]
-    return json.dumps(data, separators=(",", ":"))
-
-
 def rebuild(text: Optional[str], rows: List[Tuple[int, str]], me: Optional[int],
             state: Optional[TrackerState] = None) -> TrackerState:
     """A state from a snapshot (or nothing) and the operations after it."""
