@@ -516,7 +516,16 @@ def draw_step(rnd, state):
     kind = rnd.choice([
         "create_user", "create_group", "join_group", "join_group", "leave_group",
         "accept_request", "accept_request", "reject_request", "share_file", "share_file",
-        "stop_share", "bogus", "open", "open", "close", "announce", "announce"])
+        "stop_share", "bogus", "open", "open", "close", "announce", "announce",
+        "remote", "withdraw", "drop_remote", "snapshot"])
+    if kind == "remote":
+        mine = sorted(state.files)
+        shares = [rnd.choice(mine)] if mine and rnd.random() < 0.7 else []
+        return ("remote", rnd.choice([2, 3]), rnd.choice(SESSIONS), user(), rnd.choice(ADDRESSES), shares)
+    if kind == "drop_remote":
+        return ("drop_remote", rnd.choice([2, 3]), rnd.choice(SESSIONS) if rnd.random() < 0.7 else None)
+    if kind == "snapshot":
+        return ("snapshot",)
     if kind == "create_user":
         u = pick(rnd, set(), USER_POOL, "bad id")
         return {"op": kind, "user": u, "password_record": "r-%s" % u}
@@ -540,12 +549,51 @@ def draw_step(rnd, state):
         return ("close", sid)
     sess = state.sessions.get(sid)
     mine = {k for k, e in state.files.items() if sess is not None and sess.user in e.sharers}
+    verb = "withdraw" if kind == "withdraw" else "announce"
     if mine and rnd.random() < 0.8:
-        return ("announce", sid) + rnd.choice(sorted(mine))
-    return ("announce", sid, group(), name())
+        return (verb, sid) + rnd.choice(sorted(mine))
+    return (verb, sid, group(), name())
+
+
+def reference_listing(state, gid):
+    """list_files as the obvious scan over every session computes it (the caches must agree)."""
+    out = []
+    for (g, name), entry in sorted(state.files.items()):
+        if g == gid:
+            online = {s.address for s in state.sessions.values()
+                      if (g, name) in s.shares and s.user in entry.sharers}
+            m = entry.manifest
+            out.append({"name": name, "size": m.size, "pieces": m.pieces, "file_hash": m.file_hash,
+                        "peers": len(online)})
+    return out
+
+
+def reference_peers(state, key, exclude):
+    """get_peers' peer list by the obvious scan (one per address, the newest session id)."""
+    entry = state.files[key]
+    by_address = {}
+    for s in sorted((s for s in state.sessions.values() if key in s.shares and s.user in entry.sharers),
+                    key=lambda s: s.session_id):
+        by_address[s.address] = s
+    asker = state.sessions.get(exclude)
+    own = asker.address if asker is not None else None
+    return [{"user": s.user, "address": s.address, "peer": s.session_id} for s in by_address.values()
+            if s.session_id != exclude and s.address != own]
+
+
+def check_queries(state):
+    for gid, g in state.groups.items():
+        assert state.list_files(g.owner, gid) == reference_listing(state, gid)
+    for key, entry in state.files.items():
+        member = state.groups[key[0]].members[0]
+        for exclude in [""] + sorted(state.sessions)[:2]:
+            got = state.get_peers(member, key[0], key[1], exclude_session=exclude)
+            assert got["peers"] == reference_peers(state, key, exclude)
+            assert got["manifest"] == entry.manifest.to_dict()
 
 
 def check_invariants(state):
+    check_queries(state)
     for gid, g in state.groups.items():
         assert g.members, gid
         assert g.owner in g.members
@@ -557,7 +605,7 @@ def check_invariants(state):
         assert gid in state.groups
         assert entry.manifest.name == name
         assert entry.sharers and entry.sharers <= set(state.groups[gid].members)
-    for sess in state.sessions.values():
+    for sess in state.local_sessions():      # other trackers' sessions are mirrored unchecked
         for key in sess.shares:
             assert key in state.files and sess.user in state.files[key].sharers
     for gid in state.groups:
@@ -567,7 +615,22 @@ def check_invariants(state):
 
 def run_session_step(state, step):
     kind = step[0]
-    if kind == "open":
+    if kind == "remote":
+        _, origin, sid, user, address, shares = step
+        state.put_remote_session(origin, sid, user, address)
+        for key in shares:
+            state.remote_announce(origin, sid, key[0], key[1], True)
+    elif kind == "drop_remote":
+        if step[2] is None:
+            state.drop_remote_sessions(step[1])
+        else:
+            state.drop_remote_session(step[1], step[2])
+    elif kind == "snapshot":
+        from mbt.tracker import snapshot
+        snapshot.loads(state, snapshot.dumps(state, sessions=True))
+    elif kind == "withdraw":
+        state.withdraw(step[1], step[2], step[3])
+    elif kind == "open":
         try:
             state.open_session(step[1], step[2], step[3])
         except MbtError:

@@ -423,10 +423,17 @@ class TrackerCore:
         def announce(result):
             # The session may have ended while the write was replicated.
             if session_id is not None and session_id == conn.session_id and session_id in self.state.sessions:
+                if (group, manifest.name) in self.state.sessions[session_id].shares:
+                    return result       # announced before: the other trackers know it already
                 self.state.announce(session_id, group, manifest.name)
                 told = self.presence.announced(session_id, group, manifest.name)
                 if isinstance(told, defer.Deferred):    # a database store: visible fleet-wide first
-                    return told.addCallback(lambda _: result)
+
+                    def untold(failure):
+                        # Not logged for the fleet: forget it here too, so that a retry announces again.
+                        self.state.withdraw(session_id, group, manifest.name)
+                        return failure
+                    return told.addCallbacks(lambda _: result, untold)
             return result
         return d.addCallback(announce)
 

@@ -67,16 +67,112 @@ class Session:
     reachable: Optional[bool] = None
 
 
+class _Watched(dict):
+    """A dict that tells its state whenever an entry is put in or taken out.
+
+    The state's query caches (:meth:`TrackerState.list_files`,
+    :meth:`TrackerState.get_peers`) are only valid while nothing changed;
+    code outside this module (snapshots, the fleet) puts sessions and files in
+    and takes them out directly, so the containers themselves report it.
+    """
+
+    __slots__ = ("_changed",)
+
+    def __init__(self, changed) -> None:
+        super().__init__()
+        self._changed = changed
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self._changed(value)
+
+    def __delitem__(self, key) -> None:
+        super().__delitem__(key)
+        self._changed(None)
+
+    def pop(self, *args):
+        value = super().pop(*args)
+        self._changed(None)
+        return value
+
+    def popitem(self):
+        item = super().popitem()
+        self._changed(None)
+        return item
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed(None)
+
+    def update(self, *args, **kwargs) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+
 class TrackerState:
-    """Accounts, groups, requests and files (durable) plus sessions (ephemeral)."""
+    """Accounts, groups, requests and files (durable) plus sessions (ephemeral).
+
+    Queries that peers make all the time (``list_files``, ``get_peers``) do
+    not scan the sessions: ``_sharing`` maps each (group, file) to the sessions
+    that may be announcing it (a superset, checked and pruned when read), and
+    each group's listing and each file's peer list are cached until anything
+    they depend on changes (``_version``).
+    """
 
     def __init__(self) -> None:
         self.users: Dict[str, str] = {}            # user id -> password record
         self.groups: Dict[str, Group] = {}
-        self.files: Dict[Tuple[str, str], SharedFile] = {}
-        self.sessions: Dict[str, Session] = {}
+        self.files: Dict[Tuple[str, str], SharedFile] = _Watched(self._files_changed)
+        self.sessions: Dict[str, Session] = _Watched(self._session_put)
         #: group -> names of its registered files (so leaving a group does not scan every file).
         self._names_by_group: Dict[str, Set[str]] = {}
+        #: (group, name) -> {session id: session} that announced it (maybe stale: checked when read).
+        self._sharing: Dict[Tuple[str, str], Dict[str, Session]] = {}
+        #: Bumped by every change a listing depends on; the caches below hold it.
+        self._version = 0
+        self._listing: Dict[str, Tuple[int, List[dict]]] = {}
+        self._peers: Dict[Tuple[str, str], Tuple[int, List[Session], dict]] = {}
+
+    # ------------------------------------------------------------------
+    # indexes and caches
+
+    def _files_changed(self, _entry) -> None:
+        self._version += 1
+
+    def _session_put(self, session: Optional[Session]) -> None:
+        self._version += 1
+        if session is not None:
+            for key in session.shares:
+                self._sharing.setdefault(key, {})[session.session_id] = session
+
+    def _announced(self, session: Session, key: Tuple[str, str]) -> None:
+        """``session`` now announces ``key`` (already added to its shares)."""
+        self._version += 1
+        self._sharing.setdefault(key, {})[session.session_id] = session
+
+    def _sharing_sessions(self, key: Tuple[str, str]) -> List[Session]:
+        """The live sessions announcing ``key`` (whatever their user's registration); prunes stale entries."""
+        index = self._sharing.get(key)
+        if not index:
+            return []
+        live = []
+        stale = []
+        sessions = self.sessions
+        for sid, s in index.items():
+            if sessions.get(sid) is s and key in s.shares:
+                live.append(s)
+            else:
+                stale.append(sid)
+        for sid in stale:
+            del index[sid]
+        if not index:
+            del self._sharing[key]
+        return live
 
     # ------------------------------------------------------------------
     # durable operations
@@ -194,7 +290,9 @@ class TrackerState:
             raise FileConflict(
                 "group %s already has a different file named %s; rename yours to share it"
                 % (g.group_id, manifest.name))
-        entry.sharers.add(user)
+        if user not in entry.sharers:
+            entry.sharers.add(user)
+            self._version += 1
         return {"group": g.group_id, "name": manifest.name, "size": manifest.size,
                 "pieces": manifest.pieces, "sharers": len(entry.sharers)}
 
@@ -213,7 +311,8 @@ class TrackerState:
         if entry is None:
             return
         entry.sharers.discard(user)
-        for s in self.sessions.values():
+        self._version += 1
+        for s in self._sharing_sessions(key):      # every session announcing key is in the index
             if s.user == user:
                 s.shares.discard(key)
         if not entry.sharers:
@@ -283,40 +382,40 @@ class TrackerState:
     def list_files(self, user: str, group: object) -> List[dict]:
         """Files of a group (members only): name, size, pieces, file hash, online peers."""
         g = self._member_group(self._known_user(user), group)
-        # One pass over the sessions for all files of the group (not one per file:
-        # with 1,000 peers online that was most of the tracker's CPU).
-        online: Dict[Tuple[str, str], Set[str]] = {}
-        for s in self.sessions.values():
-            for key in s.shares:
-                if key[0] == g.group_id:
-                    entry = self.files.get(key)
-                    if entry is not None and s.user in entry.sharers:
-                        online.setdefault(key, set()).add(s.address)   # one per peer address
-        out = []
-        for (gid, name), entry in sorted(self.files.items()):
-            if gid != g.group_id:
-                continue
-            m = entry.manifest
-            out.append({"name": name, "size": m.size, "pieces": m.pieces,
-                        "file_hash": m.file_hash, "peers": len(online.get((gid, name), ()))})
-        return out
+        cached = self._listing.get(g.group_id)
+        if cached is None or cached[0] != self._version:
+            out = []
+            for key in self._file_keys(g.group_id):
+                entry = self.files[key]
+                m = entry.manifest
+                # One per peer address: a peer that reconnected is counted once.
+                online = {s.address for s in self._sharing_sessions(key) if s.user in entry.sharers}
+                out.append({"name": key[1], "size": m.size, "pieces": m.pieces,
+                            "file_hash": m.file_hash, "peers": len(online)})
+            cached = self._listing[g.group_id] = (self._version, out)
+        return [dict(f) for f in cached[1]]
 
     def get_peers(self, user: str, group: object, name: object, exclude_session: str = "") -> dict:
         """Manifest and online peers (user, address) sharing a file (members only)."""
         g = self._member_group(self._known_user(user), group)
         name = check_file_name(name)
-        entry = self.files.get((g.group_id, name))
+        key = (g.group_id, name)
+        entry = self.files.get(key)
         if entry is None:
             raise NoSuchFile("no file %s in group %s; list_files %s shows them"
                              % (name, g.group_id, g.group_id))
+        cached = self._peers.get(key)
+        if cached is None or cached[0] != self._version:
+            cached = self._peers[key] = (self._version, self._online_sharers(key), entry.manifest.to_dict())
         asker = self.sessions.get(exclude_session)
         # The asker's own peer is never listed, also not under an older session of
         # it that another tracker still mirrors (it reconnected after a failover).
         own = asker.address if asker is not None else None
         peers = [{"user": s.user, "address": s.address, "peer": s.session_id}
-                 for s in self._online_sharers((g.group_id, name))
+                 for s in cached[1]
                  if s.session_id != exclude_session and s.address != own]
-        return {"manifest": entry.manifest.to_dict(), "peers": peers}
+        m = cached[2]
+        return {"manifest": dict(m, piece_hashes=list(m["piece_hashes"])), "peers": peers}
 
     def file_by_hash(self, user: str, group: object, file_hash: object) -> dict:
         """The manifest of the file with ``file_hash`` in a group (members only)."""
@@ -338,7 +437,7 @@ class TrackerState:
             return []
         # One entry per peer address: a peer that reconnected is listed once.
         by_address: Dict[str, Session] = {}
-        matching = [s for s in self.sessions.values() if key in s.shares and s.user in entry.sharers]
+        matching = [s for s in self._sharing_sessions(key) if s.user in entry.sharers]
         for s in sorted(matching, key=lambda s: s.session_id):   # deterministic order
             by_address[s.address] = s
         return list(by_address.values())
@@ -360,14 +459,16 @@ class TrackerState:
         """Mark a registered file as served by this session's peer right now."""
         s = self.sessions[session_id]
         entry = self.files.get((group, name))
-        if entry is not None and s.user in entry.sharers:
+        if entry is not None and s.user in entry.sharers and (group, name) not in s.shares:
             s.shares.add((group, name))
+            self._announced(s, (group, name))
 
     def withdraw(self, session_id: str, group: str, name: str) -> None:
         """This session's peer stops serving a file (without unregistering it)."""
         s = self.sessions.get(session_id)
-        if s is not None:
+        if s is not None and (group, name) in s.shares:
             s.shares.discard((group, name))
+            self._version += 1
 
     # Sessions held by other trackers. They are not checked against accounts or
     # registrations here: the tracker holding them did that, and this tracker
@@ -388,8 +489,13 @@ class TrackerState:
     def remote_announce(self, origin: int, session_id: str, group: str, name: str, on: bool) -> None:
         """Tracker ``origin``'s session announced (``on``) or withdrew a file."""
         s = self.sessions.get(self.remote_session_id(origin, session_id))
-        if s is not None:
-            (s.shares.add if on else s.shares.discard)((group, name))
+        if s is not None and ((group, name) in s.shares) != on:
+            if on:
+                s.shares.add((group, name))
+                self._announced(s, (group, name))
+            else:
+                s.shares.discard((group, name))
+                self._version += 1
 
     def remote_reachable(self, origin: int, session_id: str, reachable: bool) -> None:
         """Tracker ``origin`` dialled its session's address: did it accept?"""
