@@ -67,7 +67,7 @@ LT_PACKAGES := python3-libtorrent mktorrent opentracker time
 bench-deps: $(VENV)/.code
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install --quiet matplotlib
 
-bench: bench-deps
+bench: bench-deps pg-deps
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 # The libtorrent half needs Debian's python3-libtorrent (for /usr/bin/python3),

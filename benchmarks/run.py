@@ -16,7 +16,10 @@ Jobs (all figures from this one run):
 5. tracker: the load curve of ``tracker_load.py``: 1,000 logged-in
             connections, open-loop list_files / get_peers / a few logins at
             several offered rates; requests/s vs p50/p99 latency, a table and a
-            PNG plot (matplotlib, from the ``bench`` extra).
+            PNG plot (matplotlib, from the ``bench`` extra). Then the fleet
+            comparison of ``tracker_scale.py``: 10,000 peers against a bare
+            JSON-lines ceiling, the embedded tracker, and 1 and 3 trackers over
+            PostgreSQL, each as a fraction of the ceiling of the same run.
 
 Data files live in ``--work`` (default ``$MBT_BENCH_DIR`` or /tmp/mbt-bench),
 never in the repository.
@@ -90,6 +93,11 @@ def main() -> int:
     ap.add_argument("--tracker-rates", default="500,1000,2000,5000,8000,10000", help="offered requests/s")
     ap.add_argument("--tracker-connections", type=int, default=1000)
     ap.add_argument("--tracker-seconds", type=float, default=4.0, help="per offered rate")
+    ap.add_argument("--tracker-peers", type=int, default=10000,
+                    help="tracker job: also the fleet comparison with this many peers (0: skip it)")
+    ap.add_argument("--tracker-fleet", type=int, default=3, help="trackers of the fleet over PostgreSQL")
+    ap.add_argument("--tracker-store", help="postgresql:// URL of a server for the fleet's databases "
+                    "(default: a private server from Debian's PostgreSQL binaries)")
     ap.add_argument("--json", help="write all results here")
     args = ap.parse_args()
     if not 1 <= args.runs <= 20:
@@ -176,6 +184,11 @@ def main() -> int:
             print("tracker   " + line, flush=True)
         png = tracker_load.plot(r, os.path.join(args.work, "tracker-curve.png"))
         print("tracker   plot: %s" % (png or "not written (matplotlib missing: pip install '.[bench]')"), flush=True)
+        if args.tracker_peers:
+            import tracker_scale
+            results["tracker_scale"] = tracker_scale.compare(
+                fresh(args.work, "tracker-scale"), args.tracker_store, args.tracker_fleet, peers=args.tracker_peers,
+                log=lambda s: print("scale     " + s, flush=True))
 
     if args.json:
         with open(args.json, "w") as f:

@@ -28,6 +28,9 @@ One process holds every connection; the soft ``RLIMIT_NOFILE`` is raised to
 the hard limit first (the tracker, started after that, inherits it).
 
 Run alone: ``python benchmarks/tracker_load.py [--rates 1000,5000] [--plot out.png]``.
+With ``--trackers N`` (and optionally ``--store URL``) it runs the 10,000-peer
+comparison of ``tracker_scale.py`` instead: a bare JSON-lines ceiling, the
+embedded tracker, and 1 and N trackers over PostgreSQL, in one run.
 ``make bench`` runs it through ``run.py`` and writes the PNG next to the data.
 Target (issue #8): >= 5,000 requests/s with p99 < 50 ms.
 """
@@ -561,6 +564,10 @@ def plot(result: dict, path: str) -> Optional[str]:
 
 
 def main() -> int:
+    if any(a == "--trackers" or a.startswith("--trackers=") for a in sys.argv[1:]):
+        # The fleet comparison: 10,000 peers; ceiling, embedded, 1 and N trackers over PostgreSQL.
+        import tracker_scale
+        return tracker_scale.main(sys.argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", help="state and logs (default: a new directory under $TMPDIR)")
     ap.add_argument("--rates", default=",".join(str(r) for r in DEFAULT_RATES),
@@ -581,6 +588,8 @@ def main() -> int:
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--store", help="postgresql://... URL of an empty database: the tracker keeps its state"
                     " there (--store) instead of an SQLite state dir")
+    ap.add_argument("--trackers", type=int, help="run the 10,000-peer fleet comparison (tracker_scale.py; "
+                    "see its --help) with this many trackers over PostgreSQL")
     a = ap.parse_args()
     rates = [float(x) for x in a.rates.split(",") if x]
     if not rates or len(rates) > 20 or max(rates) > 100000 or a.seconds > 60 or a.connections > 20000:

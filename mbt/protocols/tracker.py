@@ -56,6 +56,12 @@ TOTAL_LINE_BUDGET = 2 * MAX_LINE
 LONG_LINE_DEADLINE = 120.0
 
 
+#: Read-only requests whose success is logged at debug level only (the log line
+#: and its formatting cost more CPU than answering them).
+QUIET_OPS = frozenset(["ping", "list_groups", "list_requests", "list_files", "get_peers", "ticket_key",
+                       "get_ticket", "state_digest", "tracker_status"])
+
+
 def error_reply(req_id, err: MbtError) -> dict:
     """The reply carrying ``err``: ``{"id": ..., "error": {"code": ..., "message": ...}}``."""
     return {"id": req_id, "error": err.to_wire()}
@@ -183,7 +189,10 @@ class TrackerServerProtocol(BoundedLineReceiver, TimeoutMixin):
         self.in_flight -= 1
         if self.conn.user is not None:
             self.MAX_LENGTH = MAX_LINE      # logged in: manifests of big files may follow
-        log.info("{op} by {user} from {remote}: ok", op=op, user=self.conn.user, remote=self.conn.remote)
+        # Queries answered all the time (thousands a second on a busy tracker) are
+        # logged at debug level; every change, login and error stays at info.
+        (log.debug if op in QUIET_OPS else log.info)("{op} by {user} from {remote}: ok", op=op,
+                                                     user=self.conn.user, remote=self.conn.remote)
         self._send({"id": req_id, "ok": result})
 
     def _failed(self, failure: Failure, req_id, op) -> None:
