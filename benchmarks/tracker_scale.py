@@ -535,7 +535,8 @@ def compare(work: str, store: Optional[str], trackers: int, peers: int = 10000, 
             groups: int = 10, files: int = 20, file_mib: int = 16, rates=DEFAULT_RATES, seconds: float = 3.0,
             drain: float = 3.0, mix: tuple = (0.45, 0.45, 0.10), generators: int = 1,
             log_level: Optional[str] = None, configs=("embedded", "ceiling", "pg1", "pgN"),
-            log: Callable[[str], None] = print, profile: Optional[str] = None) -> dict:
+            log: Callable[[str], None] = print, profile: Optional[str] = None,
+            profile_config: str = "embedded") -> dict:
     """The whole comparison; returns every figure."""
     nofile = raise_nofile()
     if nofile < peers + 200:
@@ -611,7 +612,7 @@ def compare(work: str, store: Optional[str], trackers: int, peers: int = 10000, 
                 else:
                     log("  %d connections in %.1f s" % (peers, figures["connect_s"]))
                 spy = None
-                if profile and name == "embedded":
+                if profile and name == profile_config:
                     from tracker_load import start_profile
                     spy = start_profile(servers.procs[0].pid, profile)
                 try:
@@ -620,7 +621,7 @@ def compare(work: str, store: Optional[str], trackers: int, peers: int = 10000, 
                     if spy is not None:
                         from tracker_load import stop_profile
                         stop_profile(spy)
-                        log("  py-spy profile of the embedded tracker during its steps: %s" % profile)
+                        log("  py-spy profile of tracker 1 during the steps: %s" % profile)
                 b = figures["best"]
                 log("  best with p99 < %.0f ms: %s" % (TARGET_P99_MS, "%.0f requests/s (p99 %.1f ms)"
                                                       % (b["done_rps"], b["p99_ms"]) if b else "none"))
@@ -678,8 +679,9 @@ def main(argv=None) -> int:
     ap.add_argument("--log-level")
     ap.add_argument("--work")
     ap.add_argument("--json")
-    ap.add_argument("--profile", help="py-spy raw profile of the embedded tracker during its steps (py-spy in the"
-                    " venv: pip install py-spy)")
+    ap.add_argument("--profile", help="py-spy raw profile of tracker 1 of --profile-config during its steps "
+                    "(py-spy in the venv: pip install py-spy)")
+    ap.add_argument("--profile-config", default="embedded", help="embedded, pg1 or pgN (default embedded)")
     a = ap.parse_args(argv)
     if a.serve_ceiling:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -694,7 +696,8 @@ def main(argv=None) -> int:
                  "--trackers 1-8, --generators 1-4, --mix of three percentages adding to 100")
     work = a.work or tempfile.mkdtemp(prefix="mbt-tracker-scale-")
     r = compare(work, a.store, a.trackers, a.peers, a.users, a.groups, a.files, a.file_mib, rates, a.seconds,
-                a.drain, mix, a.generators, a.log_level, tuple(a.configs.split(",")), profile=a.profile)
+                a.drain, mix, a.generators, a.log_level, tuple(a.configs.split(",")), profile=a.profile,
+                profile_config=a.profile_config)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(r, f, indent=1)

@@ -443,14 +443,12 @@ class TrackerCore:
                              "name": name})
 
     def op_get_peers(self, conn: Connection, req: dict) -> dict:
-        result = self.state.get_peers(conn.user, req.get("group"), req.get("name"),
-                                      exclude_session=conn.session_id or "")
-        for p in result["peers"]:
-            # True / False when its tracker dialled the peer's address; None: unknown.
-            session = self.state.sessions.get(p.get("peer"))
-            p["reachable"] = (session.reachable if session is not None and session.origin
-                              else self.reachable.get(p.get("peer")))
-        return result
+        # True / False when its tracker dialled the peer's address; None: unknown.
+        return self.state.get_peers(conn.user, req.get("group"), req.get("name"),
+                                    exclude_session=conn.session_id or "", reachable=self._reachable)
+
+    def _reachable(self, session) -> Optional[bool]:
+        return session.reachable if session.origin else self.reachable.get(session.session_id)
 
 
 class TrackerService(service.Service):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from mbt.errors import (AlreadyMember, AlreadyRequested, FileConflict, GroupExists, InvalidArgument, NoSuchFile,
                         NoSuchGroup, NoSuchRequest, NoSuchUser, NotMember, NotOwner, NotSharing, UnknownOp,
@@ -395,8 +395,11 @@ class TrackerState:
             cached = self._listing[g.group_id] = (self._version, out)
         return [dict(f) for f in cached[1]]
 
-    def get_peers(self, user: str, group: object, name: object, exclude_session: str = "") -> dict:
-        """Manifest and online peers (user, address) sharing a file (members only)."""
+    def get_peers(self, user: str, group: object, name: object, exclude_session: str = "",
+                  reachable: Optional[Callable[[Session], Optional[bool]]] = None) -> dict:
+        """Manifest and online peers (user, address) sharing a file (members only).
+
+        With ``reachable``, each peer also gets ``"reachable": reachable(its session)``."""
         g = self._member_group(self._known_user(user), group)
         name = check_file_name(name)
         key = (g.group_id, name)
@@ -411,18 +414,21 @@ class TrackerState:
         # The asker's own peer is never listed, also not under an older session of
         # it that another tracker still mirrors (it reconnected after a failover).
         own = asker.address if asker is not None else None
-        peers = [{"user": s.user, "address": s.address, "peer": s.session_id}
-                 for s in cached[1]
-                 if s.session_id != exclude_session and s.address != own]
+        if reachable is None:
+            peers = [{"user": s.user, "address": s.address, "peer": s.session_id}
+                     for s in cached[1] if s.session_id != exclude_session and s.address != own]
+        else:
+            peers = [{"user": s.user, "address": s.address, "peer": s.session_id, "reachable": reachable(s)}
+                     for s in cached[1] if s.session_id != exclude_session and s.address != own]
         m = cached[2]
         return {"manifest": dict(m, piece_hashes=list(m["piece_hashes"])), "peers": peers}
 
     def file_by_hash(self, user: str, group: object, file_hash: object) -> dict:
         """The manifest of the file with ``file_hash`` in a group (members only)."""
         g = self._member_group(self._known_user(user), group)
-        for (gid, _name), entry in sorted(self.files.items()):
-            if gid == g.group_id and entry.manifest.file_hash == file_hash:
-                return entry.manifest.to_dict()
+        for key in self._file_keys(g.group_id):
+            if self.files[key].manifest.file_hash == file_hash:
+                return self.files[key].manifest.to_dict()
         raise NoSuchFile("no file with hash %s in group %s; list_files %s shows them"
                          % (str(file_hash)[:64], g.group_id, g.group_id))
 
