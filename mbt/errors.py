@@ -175,50 +175,74 @@ class Internal(MbtError):
 
 
 class UserExists(MbtError):
+    """An account with this user id already exists."""
+
     code = "user_exists"
 
 
 class BadCredentials(MbtError):
+    """Unknown user id or wrong password (deliberately one code and message)."""
+
     code = "bad_credentials"
 
 
 class RateLimited(MbtError):
+    """Too many login attempts; the message says how long to wait."""
+
     code = "rate_limited"
 
 
 class AlreadyLoggedIn(MbtError):
+    """This connection (or peer) already has a session; logout first."""
+
     code = "already_logged_in"
 
 
 class GroupExists(MbtError):
+    """A group with this id already exists."""
+
     code = "group_exists"
 
 
 class NoSuchGroup(MbtError):
+    """No group with this id."""
+
     code = "no_such_group"
 
 
 class AlreadyMember(MbtError):
+    """The caller is already a member of the group."""
+
     code = "already_member"
 
 
 class AlreadyRequested(MbtError):
+    """The caller already has a pending join request for the group."""
+
     code = "already_requested"
 
 
 class NotMember(MbtError):
+    """The caller is not a member of the group."""
+
     code = "not_member"
 
 
 class NotOwner(MbtError):
+    """Only the group's owner may do this."""
+
     code = "not_owner"
 
 
 class NoSuchRequest(MbtError):
+    """The named user has no pending request to join the group."""
+
     code = "no_such_request"
 
 
 class FileConflict(MbtError):
+    """The group already has a different file of this name."""
+
     code = "file_conflict"
 
 
@@ -229,10 +253,14 @@ class NotSharing(MbtError):
 
 
 class NoSuchFile(MbtError):
+    """No such file in the group."""
+
     code = "no_such_file"
 
 
 class NoSuchUser(MbtError):
+    """The acting user does not exist (accounts are never deleted)."""
+
     code = "no_such_user"
 
 
