@@ -444,9 +444,8 @@ class PgFleet:
             for group, name in sorted(s.shares):
                 self.propose({"op": "presence_announce", "tracker": self.number, "sid": s.session_id,
                               "group": group, "name": name}).addErrback(lambda f: None)
-            reachable = self.presence.reachable(s.session_id)
-            if isinstance(reachable, bool):
-                self.presence.reach(s.session_id, reachable)
+            if self.presence.reachable(s.session_id) is False:
+                self.presence.reach(s.session_id, False)
 
     # -- leases ----------------------------------------------------------------------------
 

@@ -320,7 +320,10 @@ class TrackerCore:
             if session_id in self._by_session:
                 self.reachable[session_id] = bool(ok)
                 log.info("peer address {a} is {r}", a=address, r="reachable" if ok else "not reachable")
-                self.presence.reach(session_id, bool(ok))
+                if not ok:
+                    # Only "no" changes what a downloader does (it dials unless told
+                    # false), so only "no" costs the fleet a message or a database write.
+                    self.presence.reach(session_id, False)
         self.probe(address).addCallbacks(learnt, lambda f: learnt(False))
 
     def op_connect_peer(self, conn: Connection, req: dict) -> dict:
