@@ -30,7 +30,7 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from swarm import MiB, Swarm, fluid_bound, leech_once, machine_busy, make_data, one_seeder_many_leechers  # noqa: E402
+from swarm import MiB, Swarm, fluid_bound, leech_once, make_data, one_seeder_many_leechers  # noqa: E402
 
 
 @contextmanager
@@ -106,15 +106,13 @@ def main() -> int:
                 d = os.path.join(a.work, "swarm")
                 shutil.rmtree(d, ignore_errors=True)
                 os.makedirs(d)
-                busy0 = machine_busy()
                 with side(srcs[name]):
                     r = one_seeder_many_leechers(d, data, a.leechers, upload_rate=a.rate)
-                r["busy"] = machine_busy() - busy0
                 res[name].append(r)
                 print("  run %d %s last done %6.2f s (%.2f x fluid; first %5.2f s)  seeder uploaded %.2fx  "
-                      "machine busy %5.1f CPU s  verified=%s"
+                      "download CPU: mbt %5.1f s, machine %5.1f s  verified=%s"
                       % (i + 1, name, r["total_seconds"], r["total_seconds"] / bound, min(r["times"]),
-                         r.get("seeder_upload") or 0, r["busy"], r["verified"]), flush=True)
+                         r.get("seeder_upload") or 0, r["cpu"], r["machine_cpu"], r["verified"]), flush=True)
         for name in ("A", "B"):
             rs = res[name]
             t = statistics.median(r["total_seconds"] for r in rs)

@@ -556,6 +556,11 @@ def swarm_job(args, why: Optional[str], use_tracker: bool, out: Dict) -> bool:
                                                  "%.2f" % (r["total_seconds"] / bound) if bound else "-",
                                                  r["seeder_upload"], r["verified"]))
         print("%-12s %s s" % ("  runs", ", ".join("%.2f" % x for x in r["runs"])))
+    m = res["mbt"]
+    if m.get("cpu") is not None:
+        print("mbt's %d processes used %.1f CPU s during the download of the median run (%.2f cores); the machine "
+              "was busy %.2f of its %d cores" % (n + 1, m["cpu"], m["cpu"] / m["total_seconds"],
+                                                 m["machine_cpu"] / m["total_seconds"], os.cpu_count()))
     if lt_runs:
         res["ratio"] = res["mbt"]["total_seconds"] / res["libtorrent"]["total_seconds"]
         print("mbt / libtorrent time: %.2f (target <= 1); mbt / fluid bound: %s (target <= 1.15)"
@@ -566,9 +571,11 @@ def swarm_job(args, why: Optional[str], use_tracker: bool, out: Dict) -> bool:
 
 
 def _swarm_line(i: int, name: str, r: Dict) -> None:
-    print("  run %d  %-10s last done %6.2f s (first %5.2f s)  seeder uploaded %.2fx the file  "
-          "machine busy %5.1f CPU s  verified=%s"
-          % (i + 1, name, r["total_seconds"], min(r["times"]), r.get("seeder_upload") or 0.0, r["busy"],
+    # mbt: CPU during the download itself (its processes, the whole machine); else around the job.
+    cpu = ("download: mbt %d processes %5.1f CPU s, machine %5.1f" % (1 + len(r["times"]), r["cpu"], r["machine_cpu"])
+           if "cpu" in r else "machine busy %5.1f CPU s" % r["busy"])
+    print("  run %d  %-10s last done %6.2f s (first %5.2f s)  seeder uploaded %.2fx the file  %s  verified=%s"
+          % (i + 1, name, r["total_seconds"], min(r["times"]), r.get("seeder_upload") or 0.0, cpu,
              r["verified"]), flush=True)
 
 
@@ -576,7 +583,8 @@ def _swarm_summary(runs: List[Dict]) -> Dict:
     med = sorted(runs, key=lambda r: r["total_seconds"])[len(runs) // 2]
     return {"runs": [r["total_seconds"] for r in runs], "total_seconds": med["total_seconds"],
             "finish_times": sorted(med["times"]), "seeder_upload": med.get("seeder_upload") or 0.0,
-            "leecher_upload": med.get("leecher_upload"), "verified": all(r["verified"] for r in runs)}
+            "leecher_upload": med.get("leecher_upload"), "verified": all(r["verified"] for r in runs),
+            "cpu": med.get("cpu"), "machine_cpu": med.get("machine_cpu")}
 
 
 def _free(path: str) -> str:
