@@ -96,7 +96,7 @@ class OpLog:
         index = dict(self.store.snapshot_index())
         first = self.store.first_seq()
         base = (first - 1) if first is not None else snap_seq
-        if base and base not in index:
+        if (base and base not in index) or snap_seq < base:
             raise ConfigError("tracker database is damaged: its snapshots are unreadable and the operations"
                               " up to %d were compacted; start this tracker with an empty state dir to copy"
                               " the state from another tracker" % base)
