@@ -64,7 +64,7 @@ from tracker_load import (Conn, Loop, _frag, manifest, percentile, proc_cpu, rai
                           TARGET_P99_MS)
 
 PASSWORD = "pw"
-DEFAULT_RATES = (2000, 4000, 6000, 8000, 10000, 13000, 16000, 20000, 25000)
+DEFAULT_RATES = (1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 13000, 16000, 20000)
 SATURATED_P99_MS = 1000.0
 
 
@@ -534,7 +534,7 @@ def curve(peers: Peers, servers: Servers, rates, seconds: float, drain: float, m
 def compare(work: str, store: Optional[str], trackers: int, peers: int = 10000, users: int = 1000,
             groups: int = 10, files: int = 20, file_mib: int = 16, rates=DEFAULT_RATES, seconds: float = 3.0,
             drain: float = 3.0, mix: tuple = (0.45, 0.45, 0.10), generators: int = 1,
-            log_level: Optional[str] = None, configs=("embedded", "ceiling", "pg1", "pgN"),
+            log_level: Optional[str] = None, configs=("embedded", "ceiling", "pg1", "pgN", "ceiling"),
             log: Callable[[str], None] = print, profile: Optional[str] = None,
             profile_config: str = "embedded") -> dict:
     """The whole comparison; returns every figure."""
@@ -560,12 +560,15 @@ def compare(work: str, store: Optional[str], trackers: int, peers: int = 10000, 
     replies = None
     dbs = None
     try:
-        for name in configs:
+        for position, name in enumerate(configs):
+            key = name
+            if name == "ceiling" and "ceiling" in configs[:position]:
+                key = "ceiling2"        # measured again later in the run: the machine's load drifts
             if name == "ceiling":
                 if replies is None:
                     log("ceiling skipped: it serves the embedded tracker's replies (run 'embedded' first)")
                     continue
-                label = "ceiling (bare Twisted JSON-lines server)"
+                label = "ceiling (bare Twisted JSON-lines server)" + (", again" if key == "ceiling2" else "")
                 servers = start_ceiling(work, replies)
             elif name == "embedded":
                 label = "embedded (1 tracker, SQLite)"
@@ -625,7 +628,7 @@ def compare(work: str, store: Optional[str], trackers: int, peers: int = 10000, 
                 b = figures["best"]
                 log("  best with p99 < %.0f ms: %s" % (TARGET_P99_MS, "%.0f requests/s (p99 %.1f ms)"
                                                       % (b["done_rps"], b["p99_ms"]) if b else "none"))
-                results["configs"][name] = figures
+                results["configs"][key] = figures
             finally:
                 p.close()
                 servers.stop()
@@ -638,11 +641,14 @@ def compare(work: str, store: Optional[str], trackers: int, peers: int = 10000, 
 
 def summary(results: dict) -> str:
     cfg = results["configs"]
-    ceiling = cfg.get("ceiling", {}).get("best")
-    lines = ["summary (best rate with p99 < %.0f ms, %d peers; fraction of the same run's ceiling):"
-             % (TARGET_P99_MS, results["peers"])]
+    ceilings = [cfg[k]["best"] for k in ("ceiling", "ceiling2") if k in cfg and cfg[k]["best"]]
+    # The higher of the ceiling's measurements: the fractions are the conservative ones.
+    ceiling = max(ceilings, key=lambda b: b["done_rps"]) if ceilings else None
+    lines = ["summary (best rate with p99 < %.0f ms, %d peers; fraction of the same run's ceiling%s):"
+             % (TARGET_P99_MS, results["peers"], ", the higher of its two measurements" if len(ceilings) > 1
+                else "")]
     targets = {"embedded": 0.5, "pgN": 0.5}
-    for name in ("ceiling", "embedded", "pg1", "pgN"):
+    for name in ("ceiling", "ceiling2", "embedded", "pg1", "pgN"):
         if name not in cfg:
             continue
         b = cfg[name]["best"]
@@ -653,7 +659,7 @@ def summary(results: dict) -> str:
             extra = "  (target >= %.1f)" % targets[name]
         if name == "pgN":
             extra += "  (target >= 5,000 requests/s)"
-        lines.append("  %-45s %8.0f requests/s  p99 %5.1f ms  %.2f of ceiling%s"
+        lines.append("  %-50s %8.0f requests/s  p99 %5.1f ms  %.2f of ceiling%s"
                      % (cfg[name]["label"], rate, b["p99_ms"] if b else float("nan"), frac, extra))
     return "\n".join(lines)
 
@@ -675,7 +681,9 @@ def main(argv=None) -> int:
     ap.add_argument("--drain", type=float, default=3.0)
     ap.add_argument("--mix", default="45,45,10", help="percent list_files,get_peers,share_file")
     ap.add_argument("--generators", type=int, default=1)
-    ap.add_argument("--configs", default="embedded,ceiling,pg1,pgN")
+    ap.add_argument("--configs", default="embedded,ceiling,pg1,pgN,ceiling",
+                    help="in this order (the ceiling serves the embedded tracker's replies: after it; "
+                    "a second ceiling is measured again)")
     ap.add_argument("--log-level")
     ap.add_argument("--work")
     ap.add_argument("--json")
