@@ -695,6 +695,8 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         serve_ceiling(int(a.serve_ceiling[0]), a.serve_ceiling[1])
         return 0
+    # SIGTERM (a killed run) unwinds like an error: every tracker, server and database is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     rates = [float(x) for x in a.rates.split(",") if x]
     mix = tuple(float(x) / 100 for x in a.mix.split(","))
     if (not rates or len(rates) > 20 or max(rates) > 100000 or a.seconds > 30 or not 1 <= a.peers <= 18000
