@@ -528,7 +528,11 @@ def curve(peers: Peers, servers: Servers, rates, seconds: float, drain: float, m
         time.sleep(0.5)
     ok = [s for s in steps if met(s)]
     best = max(ok, key=lambda s: s["done_rps"]) if ok else None
-    return {"steps": steps, "best": best}
+    # Throughput whatever the latency: the highest rate it kept up with (every request answered,
+    # >= 95 % within the window). Less sensitive than p99 to other processes taking the CPU away.
+    kept = [s for s in steps if not s["unanswered"] and not s["closed"] and s["done_rps"] >= 0.95 * s["offered_rps"]]
+    peak = max(kept, key=lambda s: s["done_rps"]) if kept else None
+    return {"steps": steps, "best": best, "peak": peak}
 
 
 def compare(work: str, store: Optional[str], trackers: int, peers: int = 10000, users: int = 1000,
@@ -626,8 +630,9 @@ def compare(work: str, store: Optional[str], trackers: int, peers: int = 10000, 
                         stop_profile(spy)
                         log("  py-spy profile of tracker 1 during the steps: %s" % profile)
                 b = figures["best"]
-                log("  best with p99 < %.0f ms: %s" % (TARGET_P99_MS, "%.0f requests/s (p99 %.1f ms)"
-                                                      % (b["done_rps"], b["p99_ms"]) if b else "none"))
+                log("  best with p99 < %.0f ms: %s; kept up with %s" % (
+                    TARGET_P99_MS, "%.0f requests/s (p99 %.1f ms)" % (b["done_rps"], b["p99_ms"]) if b else "none",
+                    "%.0f requests/s" % figures["peak"]["done_rps"] if figures["peak"] else "none"))
                 results["configs"][key] = figures
             finally:
                 p.close()
@@ -644,9 +649,12 @@ def summary(results: dict) -> str:
     ceilings = [cfg[k]["best"] for k in ("ceiling", "ceiling2") if k in cfg and cfg[k]["best"]]
     # The higher of the ceiling's measurements: the fractions are the conservative ones.
     ceiling = max(ceilings, key=lambda b: b["done_rps"]) if ceilings else None
-    lines = ["summary (best rate with p99 < %.0f ms, %d peers; fraction of the same run's ceiling%s):"
+    lines = ["summary (best rate with p99 < %.0f ms, and the highest rate kept up with; %d peers; "
+             "fractions of the same run's ceiling%s):"
              % (TARGET_P99_MS, results["peers"], ", the higher of its two measurements" if len(ceilings) > 1
                 else "")]
+    peaks = [cfg[k]["peak"]["done_rps"] for k in ("ceiling", "ceiling2") if k in cfg and cfg[k].get("peak")]
+    peak_ceiling = max(peaks) if peaks else None
     targets = {"embedded": 0.5, "pgN": 0.5}
     for name in ("ceiling", "ceiling2", "embedded", "pg1", "pgN"):
         if name not in cfg:
@@ -659,8 +667,11 @@ def summary(results: dict) -> str:
             extra = "  (target >= %.1f)" % targets[name]
         if name == "pgN":
             extra += "  (target >= 5,000 requests/s)"
-        lines.append("  %-50s %8.0f requests/s  p99 %5.1f ms  %.2f of ceiling%s"
-                     % (cfg[name]["label"], rate, b["p99_ms"] if b else float("nan"), frac, extra))
+        p = cfg[name].get("peak")
+        prate = p["done_rps"] if p else 0.0
+        pfrac = prate / peak_ceiling if peak_ceiling else float("nan")
+        lines.append("  %-50s %6.0f/s p99 %5.1f ms  %.2f of ceiling | kept up with %6.0f/s  %.2f of ceiling%s"
+                     % (cfg[name]["label"], rate, b["p99_ms"] if b else float("nan"), frac, prate, pfrac, extra))
     return "\n".join(lines)
 
 
