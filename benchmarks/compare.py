@@ -369,7 +369,8 @@ def main() -> int:
 
     mbt_dir = os.path.join(args.work, "compare-mbt")
     lt_dir = os.path.join(args.work, "compare-lt")
-    for d in (mbt_dir, lt_dir):
+    tls_dir = os.path.join(args.work, "compare-tls")
+    for d in (mbt_dir, lt_dir, tls_dir):     # a tracker's state left by an earlier run would refuse our users
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
 
@@ -432,7 +433,7 @@ def main() -> int:
             if not args.no_tls:
                 if tls_swarm is None:
                     # Up only now, so that its idle seeders do not weigh on the first runs.
-                    tls_swarm = Swarm(os.path.join(args.work, "compare-tls"), data, args.seeders, tls=True)
+                    tls_swarm = Swarm(tls_dir, data, args.seeders, tls=True)
                 r = leech_once(tls_swarm)
                 tls_runs.append(r)
                 print("  run %d  mbt TLS     %6.0f MB/s  %5.2f s  leecher CPU %5.2f s  RSS %5.0f MiB  "
