@@ -506,7 +506,8 @@ def _valid_name(s: str) -> bool:
 
 
 @settings(max_examples=300, deadline=None)
-@given(names=st.lists(st.one_of(file_names, st.just("error: x"), st.just("a\u2028error: b"),
+@given(names=st.lists(st.one_of(file_names, st.just("error: x"), st.just("error:"),
+                                st.just("a\u2028error: b"),
                                 st.just("x\x85error: y")), min_size=1, max_size=4, unique=True),
        sizes=st.lists(st.integers(0, 1 << 40), min_size=4, max_size=4))
 def test_list_files_one_line_per_file_and_never_an_error(names, sizes):
@@ -517,6 +518,15 @@ def test_list_files_one_line_per_file_and_never_an_error(names, sizes):
     assert len(reply.splitlines()) == len(names)
     for ln, size in zip(reply.splitlines(), sizes):
         assert str(size) in ln.split()
+
+
+@pytest.mark.parametrize("name", ["error:", "error: x", "error:'q", "error:x y"])
+def test_a_file_name_starting_with_error_colon_is_listed_quoted(name):
+    node = FakeNode()
+    node.results["list_files"] = {"files": [_file(name, 7, 1)]}
+    reply = run(CommandTable(node), "list_files club")
+    assert not is_error_reply(reply), reply
+    assert shlex.split(reply)[0] == name
 
 
 @settings(max_examples=200, deadline=None)

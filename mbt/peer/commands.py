@@ -47,11 +47,15 @@ def _one_line(text: str) -> str:
 def _listed_name(name: str) -> str:
     """A file name as the first word of a listing line.
 
-    A legal file name may start with ``error: ``; printed as is, its line would
-    read as a failure. Such a name is shown shell-quoted (as ``download_file``
-    accepts it).
+    A legal file name may start with ``error:``; printed as is, its line would
+    read as a failure (``error:`` followed by the listing's two spaces reads
+    as ``error: ``). Such a name is always shown in single quotes, shell
+    style, as ``download_file`` accepts it. ``shlex.quote`` is not enough:
+    it leaves ``error:`` bare, a colon being shell-safe.
     """
-    return shlex.quote(name) if name.startswith("error:") else name
+    if not name.lstrip().startswith("error:"):
+        return name
+    return "'" + name.replace("'", "'\"'\"'") + "'"
 
 
 def _size(n: int) -> str:
