@@ -19,6 +19,7 @@ class FakeNode:
     def __init__(self):
         self.store = FakeStore()
         self.registered = []
+        self.direct_writes = True
 
     def register_servable(self, servable):
         self.registered.append(servable)

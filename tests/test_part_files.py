@@ -195,3 +195,53 @@ def test_a_shared_file_swapped_after_its_check_is_not_opened_for_serving(cluster
     shared.symlink_to(secret)
     ann._serve_share(share)
     assert ("g", share.manifest["file_hash"]) not in ann.servables
+
+
+# -- direct (O_DIRECT) writes ------------------------------------------------
+
+def _supports_o_direct(directory) -> bool:
+    probe = os.path.join(str(directory), ".o_direct_probe")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+    except (OSError, AttributeError):
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
+def _write_every_piece(path, source, direct):
+    manifest = hash_file(source)
+    data = open(source, "rb").read()
+    pf = PieceFile(path, manifest, writable=True, direct_writes=direct)
+    try:
+        for i in reversed(range(manifest.pieces)):     # any order, the short last piece first
+            piece = data[i * PIECE_SIZE:(i + 1) * PIECE_SIZE]
+            assert pf.verify_and_write(i, bytearray(piece))
+            assert pf.read(i, 0, len(piece)) == piece      # read back through the buffered descriptor
+        assert not pf.verify_and_write(0, bytearray(PIECE_SIZE))    # a bad piece is neither written
+        return pf.direct, manifest
+    finally:
+        pf.close()
+
+
+def test_direct_writes_land_every_byte_and_the_short_last_piece(tmp_path):
+    if not _supports_o_direct(tmp_path):
+        pytest.skip("the test directory's file system has no O_DIRECT")
+    source = str(tmp_path / "src.bin")
+    with open(source, "wb") as f:
+        f.write(os.urandom(3 * PIECE_SIZE + 12345))       # last piece not a multiple of 4 KiB
+    part = str(tmp_path / "dst.part")
+    direct, manifest = _write_every_piece(part, source, True)
+    assert direct, "O_DIRECT is available here, yet the pieces were written buffered"
+    assert open(part, "rb").read() == open(source, "rb").read()
+
+
+def test_direct_writes_off_keeps_the_page_cache_path(tmp_path):
+    source = str(tmp_path / "src.bin")
+    with open(source, "wb") as f:
+        f.write(os.urandom(PIECE_SIZE + 1))
+    part = str(tmp_path / "dst.part")
+    direct, _ = _write_every_piece(part, source, False)
+    assert not direct
+    assert open(part, "rb").read() == open(source, "rb").read()

@@ -142,7 +142,7 @@ class CommandTable:
             ("set", ["option", "value"],
              "change a setting live and keep it for later runs: set upload_rate 20M"
              " (0 = no limit; --upload-rate given at start wins over the kept value);"
-             " set verify_on_disk on|off (this run only)"),
+             " set verify_on_disk on|off, set direct_writes on|off (these two this run only)"),
             ("help", ["command"], "list commands, or show one command's usage"),
             ("quit", [], "stop this console (the stdio client stops the peer)"),
         ]
@@ -361,8 +361,16 @@ class CommandTable:
             return ("completed downloads are read back from disk and every piece checked again"
                     if value == "on" else "completed downloads are not read back (every piece is checked "
                                           "as it arrives)")
+        if option == "direct_writes":
+            if value not in ("on", "off"):
+                raise UsageError("direct_writes is on or off")
+            self.node.direct_writes = value == "on"
+            return ("downloads started or resumed from now on write verified pieces past the page cache (O_DIRECT) "
+                    "where the file system allows it" if value == "on" else
+                    "downloads started or resumed from now on write through the page cache")
         if option != "upload_rate":
-            raise UsageError("unknown setting %r; settings: upload_rate, verify_on_disk" % option[:40])
+            raise UsageError("unknown setting %r; settings: upload_rate, verify_on_disk, direct_writes"
+                             % option[:40])
         try:
             rate = parse_rate(value)
         except ValueError as e:

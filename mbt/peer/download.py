@@ -216,7 +216,8 @@ class Download:
             return
         if self.piece_file is None:
             try:
-                self.piece_file = PieceFile(self.record.part_path, self.manifest, writable=True)
+                self.piece_file = PieceFile(self.record.part_path, self.manifest, writable=True,
+                                            direct_writes=self.node.direct_writes)
             except UnsafePartFile as e:
                 self.fail("refusing %s" % e.strerror)
                 return

@@ -83,6 +83,9 @@ class PeerNode:
         self._rechecking: set = set()
         #: ``set verify_on_disk on``: after the last piece, read the file back and check it again.
         self.verify_on_disk = False
+        #: ``set direct_writes off``: write verified pieces through the page cache
+        #: (for slow rotating disks, where the kernel's write-back sorts writes).
+        self.direct_writes = True
         self.server_factory = PeerServerFactory(self, reactor, limiter=self.upload_limiter)
         self.port = None
         for record in self.store.downloads.values():

@@ -9,13 +9,39 @@ reactor thread; hashing plus writing a whole piece runs in a worker thread
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import mmap
 import os
 import stat
 import threading
 from typing import Iterable, List, Optional, Set
 
 from mbt.manifest import Manifest, pieces_root
+
+#: Offsets and lengths of direct (``O_DIRECT``) writes are multiples of this
+#: (4 KiB covers 512-byte and 4 KiB logical blocks alike).
+DIRECT_ALIGN = 4096
+
+
+def _open_direct(fd: int) -> Optional[int]:
+    """A second descriptor of the file open as ``fd``, for ``O_DIRECT`` writes; None where there is none.
+
+    Reopened through ``/proc/self/fd`` (the open file itself, never its path
+    again) and checked to be the same inode. File systems without direct I/O
+    (tmpfs, some FUSE) refuse the open, and the caller keeps buffered writes.
+    """
+    if not hasattr(os, "O_DIRECT"):
+        return None
+    try:
+        dfd = os.open("/proc/self/fd/%d" % fd, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError:
+        return None
+    here, there = os.fstat(fd), os.fstat(dfd)
+    if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
+        os.close(dfd)
+        return None
+    return dfd
 
 
 def bitfield_hex(have: Iterable[int], count: int) -> str:
@@ -110,7 +136,8 @@ class PieceFile:
     opened file itself (never whatever the path names now) to its destination.
     """
 
-    def __init__(self, path: str, manifest: Manifest, writable: bool = False) -> None:
+    def __init__(self, path: str, manifest: Manifest, writable: bool = False,
+                 direct_writes: bool = False) -> None:
         self.path = path
         self.manifest = manifest
         if writable:
@@ -124,6 +151,14 @@ class PieceFile:
         else:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self.fd: Optional[int] = fd
+        # Verified pieces go to disk with O_DIRECT, past the page cache: a
+        # buffered write copies every byte into freshly allocated page-cache
+        # memory, and on a VM whose freed memory goes back to the host
+        # (free page reporting) that first touch cost 1.3-1.5 CPU s per GiB
+        # (dd into a new file: 1.5 s cold, 0.2 s warm; O_DIRECT 0.13 s).
+        # Reads (serving pieces on, resume checks) keep using ``fd``.
+        self._direct_fd: Optional[int] = _open_direct(fd) if writable and direct_writes else None
+        self._aligned: Optional[mmap.mmap] = None     # page-aligned copy of a piece for O_DIRECT
         # One writer at a time: ext4 serialises buffered writes to a file on its
         # inode lock, and the kernel's waiters spin on it (measured with perf: 16 %
         # of a leecher's CPU with ten pool threads writing). Waiting here sleeps;
@@ -182,11 +217,57 @@ class PieceFile:
         pos = index * self.manifest.piece_size
         view = memoryview(data)
         with self._write_lock:
+            if (self._direct_fd is not None and pos % DIRECT_ALIGN == 0
+                    and len(view) % DIRECT_ALIGN == 0 and self._write_direct(view, pos)):
+                return True
             while view:
                 n = os.pwrite(self.fd, view, pos)
                 view = view[n:]
                 pos += n
         return True
+
+    @property
+    def direct(self) -> bool:
+        """Are aligned pieces written with O_DIRECT?"""
+        return self._direct_fd is not None
+
+    def _write_direct(self, view: memoryview, pos: int) -> bool:
+        """Write ``view`` at ``pos`` with O_DIRECT (caller holds the write lock).
+
+        O_DIRECT needs an aligned buffer: the piece is copied into one page-aligned
+        buffer kept for the file (a copy within warm memory, cheap next to a
+        page-cache copy into fresh memory). Returns False, and turns direct
+        writes off for this file, if the file system refuses them (EINVAL);
+        the caller then writes the piece buffered.
+        """
+        n = len(view)
+        if self._aligned is None or len(self._aligned) < n:
+            if self._aligned is not None:
+                self._aligned.close()
+            self._aligned = mmap.mmap(-1, max(n, self.manifest.piece_size))
+        self._aligned[:n] = view
+        with memoryview(self._aligned) as whole:
+            chunk = whole[:n]
+            try:
+                done = 0
+                while done < n:
+                    done += os.pwrite(self._direct_fd, chunk[done:], pos + done)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                self._close_direct()
+                return False
+            finally:
+                chunk.release()
+        return True
+
+    def _close_direct(self) -> None:
+        if self._direct_fd is not None:
+            os.close(self._direct_fd)
+            self._direct_fd = None
+        if self._aligned is not None:
+            self._aligned.close()
+            self._aligned = None
 
     def verify_existing(self, candidates: Iterable[int]) -> List[int]:
         """Re-hash pieces already on disk (resume); return those that are good. Thread."""
@@ -232,7 +313,9 @@ class PieceFile:
         return h.hexdigest()
 
     def close(self) -> None:
-        """Close the file descriptor."""
+        """Close the file descriptor(s)."""
+        with self._write_lock:
+            self._close_direct()
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
