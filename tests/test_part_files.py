@@ -245,3 +245,25 @@ def test_direct_writes_off_keeps_the_page_cache_path(tmp_path):
     direct, _ = _write_every_piece(part, source, False)
     assert not direct
     assert open(part, "rb").read() == open(source, "rb").read()
+
+
+def test_a_failing_direct_write_falls_back_to_the_page_cache(tmp_path):
+    if not _supports_o_direct(tmp_path):
+        pytest.skip("the test directory's file system has no O_DIRECT")
+    source = str(tmp_path / "src.bin")
+    with open(source, "wb") as f:
+        f.write(os.urandom(2 * PIECE_SIZE))
+    data = open(source, "rb").read()
+    pf = PieceFile(str(tmp_path / "dst.part"), hash_file(source), writable=True, direct_writes=True)
+    try:
+        assert pf.direct
+        # A file system that opens with O_DIRECT but then refuses the write:
+        # here, a descriptor that cannot write at all stands in for it.
+        os.close(pf._direct_fd)
+        pf._direct_fd = os.open(str(tmp_path / "dst.part"), os.O_RDONLY)
+        assert pf.verify_and_write(1, bytearray(data[PIECE_SIZE:]))
+        assert not pf.direct                                   # off for the rest of this file
+        assert pf.verify_and_write(0, bytearray(data[:PIECE_SIZE]))
+    finally:
+        pf.close()
+    assert open(str(tmp_path / "dst.part"), "rb").read() == data

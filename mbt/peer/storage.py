@@ -9,7 +9,6 @@ reactor thread; hashing plus writing a whole piece runs in a worker thread
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import mmap
 import os
@@ -237,8 +236,10 @@ class PieceFile:
         O_DIRECT needs an aligned buffer: the piece is copied into one page-aligned
         buffer kept for the file (a copy within warm memory, cheap next to a
         page-cache copy into fresh memory). Returns False, and turns direct
-        writes off for this file, if the file system refuses them (EINVAL);
-        the caller then writes the piece buffered.
+        writes off for this file, if the direct write fails in any way (a file
+        system that opens with O_DIRECT but refuses the write says EINVAL or
+        EOPNOTSUPP); the caller then writes the piece buffered, so a real
+        error (a full disk) is met there and reported as before.
         """
         n = len(view)
         if self._aligned is None or len(self._aligned) < n:
@@ -246,19 +247,19 @@ class PieceFile:
                 self._aligned.close()
             self._aligned = mmap.mmap(-1, max(n, self.manifest.piece_size))
         self._aligned[:n] = view
-        with memoryview(self._aligned) as whole:
-            chunk = whole[:n]
+        written = 0
+        with memoryview(self._aligned) as whole, whole[:n] as chunk:
             try:
-                done = 0
-                while done < n:
-                    done += os.pwrite(self._direct_fd, chunk[done:], pos + done)
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                self._close_direct()
-                return False
-            finally:
-                chunk.release()
+                while written < n:
+                    step = os.pwrite(self._direct_fd, chunk[written:], pos + written)
+                    if step <= 0:
+                        break
+                    written += step
+            except OSError:
+                pass
+        if written < n:
+            self._close_direct()        # the views are released: the buffer may go
+            return False
         return True
 
     def _close_direct(self) -> None:
