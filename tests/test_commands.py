@@ -575,6 +575,21 @@ def test_set_upload_rate_changes_the_shared_bucket_live(tmp_path):
     assert table.execute("set color blue").result.startswith("error: unknown setting 'color'")
 
 
+def test_set_direct_writes_switches_how_new_downloads_write(tmp_path):
+    node = _unstarted_node(tmp_path)
+    table = CommandTable(node)
+    assert node.direct_writes                                   # on by default
+    assert table.execute("set direct_writes off").result.startswith(
+        "downloads started or resumed from now on write through the page cache")
+    assert node.direct_writes is False
+    assert table.execute("set direct_writes on").result.startswith(
+        "downloads started or resumed from now on write verified pieces past the page cache")
+    assert node.direct_writes is True
+    assert table.execute("set direct_writes maybe").result == "error: direct_writes is on or off"
+    assert node.direct_writes is True
+    assert "direct_writes" in table.execute("help set").result
+
+
 def test_set_upload_rate_survives_a_restart_and_the_flag_wins(tmp_path):
     table = CommandTable(_unstarted_node(tmp_path))
     table.execute("set upload_rate 300k")
