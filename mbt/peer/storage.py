@@ -4,6 +4,8 @@ Everything here is blocking file I/O on small, bounded buffers (at most one
 piece). Reads of one block from the page cache take microseconds and run on the
 reactor thread; hashing plus writing a whole piece runs in a worker thread
 (the node's thread pool), where hashlib and ``os.pwrite`` release the GIL.
+Pieces a download wrote with ``O_DIRECT`` are not in the page cache: serving
+one on reads it from the disk first, as serving a cold shared file always did.
 :class:`WholeFileHash` hashes a download's whole file as its pieces land.
 """
 
