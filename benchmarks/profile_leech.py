@@ -6,9 +6,10 @@ leecher, runs one download, stops py-spy and prints ``profsum.py``'s summary
 (all threads, then the reactor thread alone). py-spy must be installed next to
 this Python (``pip install py-spy``); sampling costs the leecher a few percent.
 
-    python benchmarks/profile_leech.py [--size-mib 1024] [--out prof.txt] [--seeder]
+    python benchmarks/profile_leech.py [--size-mib 1024] [--out prof.txt] [--seeder] [--tls]
 
-``--seeder`` profiles the first seeder instead, during the same download.
+``--seeder`` profiles the first seeder instead, during the same download;
+``--tls`` runs the swarm with TLS on every channel.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> int:
     ap.add_argument("--seeders", type=int, default=4)
     ap.add_argument("--out", help="raw py-spy output (default: WORK/leech-prof.txt)")
     ap.add_argument("--seeder", action="store_true", help="profile the first seeder instead of the leecher")
+    ap.add_argument("--tls", action="store_true", help="TLS on every channel")
     ap.add_argument("--top", type=int, default=30)
     a = ap.parse_args()
     spy = bin_path("py-spy")
@@ -49,7 +51,7 @@ def main() -> int:
     shutil.rmtree(a.work, ignore_errors=True)
     os.makedirs(a.work)
     out = a.out or os.path.join(a.work, "%s-prof.txt" % ("seed" if a.seeder else "leech"))
-    swarm = Swarm(a.work, data, a.seeders)
+    swarm = Swarm(a.work, data, a.seeders, tls=a.tls)
     try:
         leech = swarm.leecher()
         target = swarm.seeders[0].pid if a.seeder else leech.pid
