@@ -74,17 +74,30 @@ class TLSConfig:
                                        extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
 
 
-def server_endpoint(reactor, host: str, port: int, tls: Optional[TLSConfig], backlog: int = 128):
-    """A listening endpoint on host:port, TLS when configured."""
+def server_endpoint(reactor, host: str, port: int, tls: Optional[TLSConfig], backlog: int = 128,
+                    direct: bool = False):
+    """A listening endpoint on host:port, TLS when configured.
+
+    ``direct``: TLS through :mod:`mbt.protocols.tlsdirect` (the peer wire's
+    bulk transfers; same TLS, fewer copies) instead of Twisted's ``listenSSL``.
+    """
     if tls is not None and tls.enabled:
+        if direct:
+            from mbt.protocols.tlsdirect import DirectTLSServerEndpoint
+            tcp = endpoints.TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=host)
+            return DirectTLSServerEndpoint(tcp, tls.server_options())
         return endpoints.SSL4ServerEndpoint(reactor, port, tls.server_options(), backlog=backlog,
                                             interface=host)
     return endpoints.TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=host)
 
 
-def client_endpoint(reactor, host: str, port: int, tls: Optional[TLSConfig], timeout: float = 5.0):
-    """A connecting endpoint to host:port, verifying the server when TLS is on."""
+def client_endpoint(reactor, host: str, port: int, tls: Optional[TLSConfig], timeout: float = 5.0,
+                    direct: bool = False):
+    """A connecting endpoint to host:port, verifying the server when TLS is on (``direct``: as above)."""
     tcp = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
     if tls is not None and tls.enabled:
+        if direct:
+            from mbt.protocols.tlsdirect import DirectTLSClientEndpoint
+            return DirectTLSClientEndpoint(tcp, tls.client_options(host))
         return endpoints.wrapClientTLS(tls.client_options(host), tcp)
     return tcp

@@ -718,6 +718,32 @@ def test_client_stream_in_one_chunk(clock):
     assert not tr.disconnecting
 
 
+def feed_in_place(proto, data: bytes, record: int) -> int:
+    """As mbt.protocols.tlsdirect delivers: a block's bytes into ``block_space()``, the rest by dataReceived."""
+    pos = in_place = 0
+    while pos < len(data):
+        space = proto.block_space()
+        if space is not None:
+            n = min(len(space), record, len(data) - pos)
+            space[:n] = data[pos:pos + n]
+            proto.block_filled(n)
+            in_place += n
+        else:
+            n = min(record, len(data) - pos)
+            proto.dataReceived(data[pos:pos + n])
+        pos += n
+    return in_place
+
+
+@pytest.mark.parametrize("record", [1, 7, 100, 16384])
+def test_client_stream_through_block_space_is_the_same(clock, record):
+    proto, tr, dl = make_client(clock)
+    in_place = feed_in_place(proto, STREAM, record)
+    assert dl.events == EXPECTED
+    assert (in_place > 0 or record >= len(STREAM)) and not tr.disconnecting
+    assert proto.block_space() is None      # between blocks: nothing offered
+
+
 def test_client_stream_byte_by_byte(clock):
     proto, tr, dl = make_client(clock)
     feed(proto, [STREAM[i:i + 1] for i in range(len(STREAM))])

@@ -63,13 +63,16 @@ class Collector(protocol.Protocol):
 
 
 @pytest_twisted.inlineCallbacks
-def exchange(server_tls, client_tls):
-    """Listen with ``server_tls`` (None = plaintext), connect with ``client_tls``; return bytes got."""
-    port = yield server_endpoint(reactor, "127.0.0.1", 0, server_tls).listen(
+def exchange(server_tls, client_tls, direct=False):
+    """Listen with ``server_tls`` (None = plaintext), connect with ``client_tls``; return bytes got.
+
+    ``direct``: both ends through mbt.protocols.tlsdirect (the peer wire's TLS).
+    """
+    port = yield server_endpoint(reactor, "127.0.0.1", 0, server_tls, direct=direct).listen(
         protocol.Factory.forProtocol(Greeter))
     try:
         c = Collector()
-        ep = client_endpoint(reactor, "127.0.0.1", port.getHost().port, client_tls)
+        ep = client_endpoint(reactor, "127.0.0.1", port.getHost().port, client_tls, direct=direct)
         p = yield ep.connect(protocol.Factory.forProtocol(lambda: c))
         reactor.callLater(2, lambda: p.transport.loseConnection() if p.transport else None)
         data = yield c.done
@@ -78,21 +81,24 @@ def exchange(server_tls, client_tls):
         yield port.stopListening()
 
 
+@pytest.mark.parametrize("direct", [False, True])
 @pytest_twisted.inlineCallbacks
-def test_matching_certificates_talk(pki):
-    assert (yield exchange(cfg(pki, "good"), cfg(pki, "good2"))) == b"hello\n"
+def test_matching_certificates_talk(pki, direct):
+    assert (yield exchange(cfg(pki, "good"), cfg(pki, "good2"), direct)) == b"hello\n"
 
 
+@pytest.mark.parametrize("direct", [False, True])
 @pytest.mark.parametrize("server", ["wrong_ip", "expired", "foreign"])
 @pytest_twisted.inlineCallbacks
-def test_client_refuses_bad_server_certificate(pki, server):
+def test_client_refuses_bad_server_certificate(pki, server, direct):
     server_cfg = cfg(pki, server, pki["other_ca"] if server == "foreign" else None)
-    assert (yield exchange(server_cfg, cfg(pki, "good"))) == b""
+    assert (yield exchange(server_cfg, cfg(pki, "good"), direct)) == b""
 
 
+@pytest.mark.parametrize("direct", [False, True])
 @pytest_twisted.inlineCallbacks
-def test_plaintext_client_gets_nothing_from_a_tls_port(pki):
-    assert (yield exchange(cfg(pki, "good"), None)) == b""
+def test_plaintext_client_gets_nothing_from_a_tls_port(pki, direct):
+    assert (yield exchange(cfg(pki, "good"), None, direct)) == b""
 
 
 def test_incomplete_tls_options_are_a_clear_error(pki):

@@ -102,7 +102,7 @@ class PeerNode:
     def start(self) -> defer.Deferred:
         """Listen for other peers on our address and connect to a tracker."""
         host, port = self.address.rsplit(":", 1)
-        d = server_endpoint(self.reactor, host, int(port), self.tls).listen(self.server_factory)
+        d = server_endpoint(self.reactor, host, int(port), self.tls, direct=True).listen(self.server_factory)
 
         def listening(p):
             self.port = p

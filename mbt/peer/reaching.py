@@ -84,7 +84,7 @@ def dial_for_downloader(node, message: dict) -> None:
         if via == "connect-back":
             host, port = parse_address(str(message.get("address")))
             server.preamble = b"CALLBACK " + token.encode("ascii")
-            ep = client_endpoint(node.reactor, host, port, node.tls, timeout=DIAL_TIMEOUT)
+            ep = client_endpoint(node.reactor, host, port, node.tls, timeout=DIAL_TIMEOUT, direct=True)
             factory = _One(server)
         elif via == "relay":
             host, port = parse_address(str(message.get("relay")))

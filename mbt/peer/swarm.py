@@ -220,7 +220,7 @@ class Swarm:
                                    prove=lambda challenge: self.node.prove(challenge, group, file_hash))
             p.address = address
             return p
-        ep = client_endpoint(self.reactor, host, port, self.node.tls, timeout=CONNECT_TIMEOUT)
+        ep = client_endpoint(self.reactor, host, port, self.node.tls, timeout=CONNECT_TIMEOUT, direct=True)
         d = ep.connect(_ClientFactory(build))
 
         def connected(p):

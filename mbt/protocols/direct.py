@@ -16,8 +16,9 @@ kernel has taken the previous one (backpressure: the kernel's socket buffer is
 the only buffer). Closing stays Twisted's: ``loseConnection`` waits for this
 queue to drain, then for Twisted's (empty) buffer.
 
-Only for plain TCP transports (``twisted.internet.tcp.Connection``); TLS has to
-encrypt in user space and keeps Twisted's path.
+Only for plain TCP transports (``twisted.internet.tcp.Connection``). TLS has to
+encrypt in user space: there :mod:`mbt.protocols.tlsdirect` queues the
+encrypted records here as bytes (no file ranges).
 """
 
 from __future__ import annotations

@@ -731,6 +731,22 @@ class PeerClientProtocol(protocol.Protocol, TimeoutMixin):
             self._block_done()
         return n
 
+    def block_space(self):
+        """Where the next bytes of the block being received go (a writable view), or None between blocks.
+
+        For a transport that decrypts into it (mbt.protocols.tlsdirect): it
+        fills a prefix of the view and reports how much with :meth:`block_filled`.
+        """
+        if self._block is None or self.transport.disconnecting:
+            return None
+        return self._target[self._got:self._block[2]]
+
+    def block_filled(self, n: int) -> None:
+        """``n`` bytes were written at the start of the last :meth:`block_space`."""
+        self._got += n
+        if self._got == self._block[2]:
+            self._block_done()
+
     def _block_done(self) -> None:
         index, offset, length = self._block
         target, self._target = self._target, None
