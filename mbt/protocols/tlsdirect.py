@@ -80,12 +80,15 @@ def _partial_writes_off(conn) -> None:
 
 
 def _in_place_reader(conn):
-    """A function ``read(target) -> n`` decrypting one record into the writable buffer ``target``.
+    """A function ``read(target) -> n`` decrypting records into the writable buffer ``target``.
 
-    Straight into ``target`` through ``SSL_read`` when pyOpenSSL's binding is
-    there (``Connection.recv_into`` decrypts into a temporary buffer and
-    copies); errors (want-read, close, alerts) are raised by calling
-    ``recv_into`` once more, which reports the same state in pyOpenSSL's way.
+    With pyOpenSSL's binding: ``SSL_read`` straight into ``target``, record
+    after record until it is full or no whole record is left (one C call per
+    16 KiB record and no Python work between them; ``Connection.recv_into``
+    decrypts into a temporary buffer and copies). Errors (want-read, close,
+    alerts) are raised by calling ``recv_into`` once more when nothing was
+    read, which reports the same state in pyOpenSSL's way. Without the
+    binding: ``recv_into``, one record per call.
     """
     ssl = getattr(conn, "_ssl", None)
     if ssl is None or _lib is None or _ffi is None or not hasattr(_lib, "SSL_read"):
@@ -93,9 +96,16 @@ def _in_place_reader(conn):
     ssl_read, from_buffer = _lib.SSL_read, _ffi.from_buffer
 
     def read(target) -> int:
-        n = ssl_read(ssl, from_buffer(target, require_writable=True), len(target))
-        if n > 0:
-            return n
+        size = len(target)
+        ptr = from_buffer(target, require_writable=True)
+        got = 0
+        while got < size:
+            n = ssl_read(ssl, ptr + got, size - got)
+            if n <= 0:
+                break
+            got += n
+        if got:
+            return got
         return conn.recv_into(target, RECORD)     # raises WantReadError, ZeroReturnError or Error
     return read
 
