@@ -176,3 +176,26 @@ def test_a_broken_socket_aborts_without_blaming_the_file(source):
     sock.error = errno.EPIPE
     w.write_file(b"PIECE 0 0 10\n", source, 0, 10)
     assert t.aborted and errors == [] and not w.busy
+
+
+def test_write_copy_keeps_only_what_the_socket_did_not_take_and_the_order():
+    sock = FakeSocket(room=6)
+    t, w = make(sock)
+    buf = bytearray(b"ABCDEFGHIJ")
+    w.write_copy(memoryview(buf))
+    buf[:] = b"##########"      # the caller reuses its buffer at once
+    assert bytes(sock.out) == b"ABCDEF" and w.busy and t.writing
+    w.write_copy(memoryview(b"KLM"))    # behind the queued rest, not ahead of it
+    sock.room = 100
+    t.doWrite()
+    assert bytes(sock.out) == b"ABCDEFGHIJKLM" and not w.busy
+    w.write_copy(memoryview(b"NOP"))    # an empty queue: sent at once, nothing queued
+    assert bytes(sock.out).endswith(b"NOP") and not w.busy
+
+
+def test_write_copy_on_a_broken_socket_aborts():
+    sock = FakeSocket()
+    sock.error = errno.EPIPE
+    t, w = make(sock)
+    w.write_copy(memoryview(b"abc"))
+    assert t.aborted and w.dead and not w.busy

@@ -88,6 +88,24 @@ class DirectWriter:
         self.items.append(memoryview(data))
         self.flush()
 
+    def write_copy(self, view) -> None:
+        """Like :meth:`write` for a buffer the caller reuses at once: what the socket does not take now is copied."""
+        if self.dead or not view:
+            return
+        if not self.items:
+            try:
+                n = self._send(view, 0)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:
+                self._lost(main.CONNECTION_LOST)
+                return
+            if n == len(view):
+                return
+            view = view[n:]
+        self.items.append(memoryview(bytes(view)))
+        self.flush()
+
     def write_file(self, header: bytes, source, pos: int, length: int) -> None:
         """Queue ``header`` then ``length`` bytes of ``source.fd`` from ``pos``; send what fits now."""
         if self.dead:

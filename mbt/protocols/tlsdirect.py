@@ -110,11 +110,29 @@ def _in_place_reader(conn):
     return read
 
 
+def _bio_reader(conn):
+    """A function ``read(view) -> n`` moving encrypted bytes out of the send BIO into ``view`` (0: empty).
+
+    With pyOpenSSL's binding ``BIO_read`` fills a buffer the caller reuses
+    (``Connection.bio_read`` allocates a temporary buffer and a bytes object
+    per call); None without it.
+    """
+    bio = getattr(conn, "_from_ssl", None)
+    if bio is None or _lib is None or _ffi is None or not hasattr(_lib, "BIO_read"):
+        return None
+    bio_read, from_buffer = _lib.BIO_read, _ffi.from_buffer
+
+    def read(view) -> int:
+        return max(0, bio_read(bio, from_buffer(view, require_writable=True), len(view)))
+    return read
+
+
 class DirectTLSProtocol(TLSMemoryBIOProtocol):
     """``TLSMemoryBIOProtocol`` reading, decrypting and sending with fewer copies (see the module)."""
 
     _raw: Optional[DirectWriter] = None
     _read_into = None
+    _bio_read_into = None
 
     def _raw_socket(self, transport):
         """The socket under ``transport`` if this protocol may read and write it itself, else None.
@@ -143,6 +161,9 @@ class DirectTLSProtocol(TLSMemoryBIOProtocol):
         if self._tlsConnection is not None:
             _partial_writes_off(self._tlsConnection)
             self._read_into = _in_place_reader(self._tlsConnection)
+            if self._raw is not None:
+                self._bio_read_into = _bio_reader(self._tlsConnection)
+                self._sbuf = memoryview(bytearray(BIO_READ))
 
     # -- receiving ---------------------------------------------------------------
 
@@ -198,15 +219,25 @@ class DirectTLSProtocol(TLSMemoryBIOProtocol):
         conn = self._tlsConnection
         if conn is None:
             return
-        write = self._raw.write if self._raw is not None else self.transport.write
-        while True:
-            try:
-                data = conn.bio_read(BIO_READ)
-            except WantReadError:
-                break
-            write(data)
-            if len(data) < BIO_READ:
-                break
+        if self._bio_read_into is not None:
+            # Through one reused buffer; the raw writer copies only what the socket does not take now.
+            read, buf, write = self._bio_read_into, self._sbuf, self._raw.write_copy
+            while True:
+                n = read(buf)
+                if n:
+                    write(buf[:n])
+                if n < BIO_READ:
+                    break
+        else:
+            write = self._raw.write if self._raw is not None else self.transport.write
+            while True:
+                try:
+                    data = conn.bio_read(BIO_READ)
+                except WantReadError:
+                    break
+                write(data)
+                if len(data) < BIO_READ:
+                    break
         if self._raw is not None and self._raw.busy and self._producer is not None and not self._paused_by_raw:
             self._paused_by_raw = True
             self._producer.pauseProducing()
