@@ -76,7 +76,7 @@ def _partial_writes_off(conn) -> None:
     """
     ssl = getattr(conn, "_ssl", None)
     if ssl is not None and _lib is not None and hasattr(_lib, "SSL_clear_mode"):
-        _lib.SSL_clear_mode(ssl, _lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
+        _lib.SSL_clear_mode(ssl, _lib.SSL_MODE_ENABLE_PARTIAL_WRITE | _lib.SSL_MODE_RELEASE_BUFFERS)
 
 
 def _in_place_reader(conn):
