@@ -66,13 +66,15 @@ def _nothing(*args) -> None:
     """The raw writer's file errors: it is only given bytes."""
 
 
-def _partial_writes_off(conn) -> None:
-    """Let one ``SSL_write`` make all records of its buffer (a memory BIO never blocks).
+def _modes_for_bulk(conn) -> None:
+    """Let one ``SSL_write`` make all records of its buffer (a memory BIO never blocks); keep the record buffers.
 
     pyOpenSSL turns ``SSL_MODE_ENABLE_PARTIAL_WRITE`` on for every context,
     which makes ``SSL_write`` return after each 16 KiB record: one Python call
-    per record. Without the private binding nothing changes (the write loop
-    below copes with partial writes).
+    per record. Twisted sets ``SSL_MODE_RELEASE_BUFFERS``, which frees and
+    mallocs OpenSSL's ~17 KiB record buffers around every record; a peer
+    connection keeps its two. Without the private binding nothing changes
+    (the write loop below copes with partial writes).
     """
     ssl = getattr(conn, "_ssl", None)
     if ssl is not None and _lib is not None and hasattr(_lib, "SSL_clear_mode"):
@@ -159,7 +161,7 @@ class DirectTLSProtocol(TLSMemoryBIOProtocol):
             transport.doRead = self._read_socket
         TLSMemoryBIOProtocol.makeConnection(self, transport)
         if self._tlsConnection is not None:
-            _partial_writes_off(self._tlsConnection)
+            _modes_for_bulk(self._tlsConnection)
             self._read_into = _in_place_reader(self._tlsConnection)
             if self._raw is not None:
                 self._bio_read_into = _bio_reader(self._tlsConnection)
