@@ -29,8 +29,8 @@ has the design). In short:
   request (or the heartbeat, every second) reconnects. A commit whose outcome
   is unknown makes the tracker reload its state from the database.
 
-All database calls run in a small thread pool (psycopg is blocking); the state
-is touched only on the reactor thread.
+All other database calls run in a small thread pool (psycopg is blocking); the
+state is touched only on the reactor thread.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from mbt.errors import ConfigError, DatabaseUnavailable, MbtError
 from mbt.tracker import snapshot
 from mbt.tracker.pglogin import DatabaseLoginGuard
 from mbt.tracker.pgstore import PgLog, safe_url
+from mbt.tracker.pgtail import PgTail
 from mbt.tracker.state import Session, TrackerState
 
 log = Logger(namespace="mbt.tracker.pgfleet")
@@ -181,6 +182,8 @@ class PgFleet:
         self.db_ok = True
         self._reader, self._writer, self._beater, self._snapper = (PgLog(url) for _ in range(4))
         self._pool = ThreadPool(minthreads=1, maxthreads=pool_size, name="mbt-db")
+        #: The catch-ups' query, on the reactor thread (non-blocking libpq).
+        self._tail = PgTail(url, clock, self._in_pool)
         #: The login budget of the whole fleet, in the database (mbt.tracker.pglogin).
         self.login_guard = DatabaseLoginGuard(PgLog(url), self._in_pool)
         self._writes: Deque[Tuple[dict, defer.Deferred]] = deque()
@@ -233,6 +236,7 @@ class PgFleet:
         writes, self._writes = list(self._writes), deque()
         for _op, d in writes:
             d.errback(DatabaseUnavailable())
+        self._tail.close()
         self._pool.stop()
         for db in (self._reader, self._writer, self._beater, self._snapper):
             db.close()
@@ -296,7 +300,7 @@ class PgFleet:
             if self._stale:
                 yield self._reload()
             try:
-                rows = yield self._in_pool(self._reader.tail, self.head)
+                rows = yield self._tail.tail(self.head)
             except LookupError:
                 self._stale = True
                 continue

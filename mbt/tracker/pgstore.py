@@ -155,24 +155,6 @@ class PgLog:
 
     # -- reading and writing the log ------------------------------------------
 
-    def tail(self, after: int, limit: int = 20000) -> List[Tuple[int, str]]:
-        """Operations after ``after`` (oldest first, at most ``limit``).
-
-        Raises LookupError if they were compacted away (the caller reloads)."""
-        def run(conn):
-            rows = conn.execute("SELECT seq, op FROM mbt_log WHERE seq > %s ORDER BY seq LIMIT %s",
-                                (after, limit)).fetchall()
-            if rows and rows[0][0] != after + 1:
-                raise LookupError("operations %d-%d were compacted" % (after + 1, rows[0][0] - 1))
-            if not rows:
-                # Nothing after us: up to date, unless a snapshot beyond us replaced the rows
-                # (not the head: a write may commit between the two statements).
-                snap = conn.execute("SELECT coalesce(max(seq), 0) FROM mbt_snapshot").fetchone()[0]
-                if snap > after:
-                    raise LookupError("operations after %d were compacted" % after)
-            return rows
-        return self._run(run)
-
     def lock_tail(self, after: int) -> Tuple[int, List[Tuple[int, str]]]:
         """Begin a write: lock the head and return ``(head, operations after `after`)``.
 
