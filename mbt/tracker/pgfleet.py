@@ -4,12 +4,15 @@ A :class:`PgFleet` takes the place of the :class:`~mbt.tracker.replication.Repli
 when a tracker runs with ``--store postgresql://...`` (docs/deployment.rst
 has the design). In short:
 
-* **writes** -- one transaction per operation: lock the log's head row
-  (``FOR UPDATE``; the database serialises the fleet's writes), read the
-  operations this tracker has not applied yet, apply them, validate the new
-  operation with :meth:`TrackerState.apply` -- the very rules the SQLite mode
-  uses, nowhere else -- and insert it as the next sequence number, or roll
-  back if it was refused. Two trackers racing for ``create_user bob`` queue on
+* **writes** -- one transaction per batch of queued operations (a group
+  commit: writes proposed while one transaction is in flight go together in
+  the next): lock the log's head row (``FOR UPDATE``; the database serialises
+  the fleet's writes), read the operations this tracker has not applied yet,
+  apply them, validate each new operation in order with
+  :meth:`TrackerState.apply` -- the very rules the SQLite mode uses, nowhere
+  else -- and insert the valid ones as the next sequence numbers; a refused
+  one changes nothing and is answered with its error alone (roll back if all
+  were refused). Two trackers racing for ``create_user bob`` queue on
   the row lock; the second sees the first's operation and gets ``user_exists``.
 * **reads** -- every request waits for a *catch-up* (read the log after our
   head) that started after the request arrived, so a write acknowledged by any
@@ -60,6 +63,8 @@ LEASE = 5.0
 DIAL_STALE = 30.0
 #: A snapshot is taken after every this many operations.
 SNAPSHOT_EVERY = 20000
+#: At most this many queued writes go in one transaction (a group commit).
+MAX_BATCH = 200
 
 
 def apply_entry(state: TrackerState, op: dict, me: Optional[int]) -> Optional[dict]:
@@ -165,7 +170,8 @@ class PgFleet:
 
     def __init__(self, number: int, state: TrackerState, url: str, clock,
                  heartbeat: float = HEARTBEAT, lease: float = LEASE,
-                 snapshot_every: int = SNAPSHOT_EVERY, pool_size: int = 5) -> None:
+                 snapshot_every: int = SNAPSHOT_EVERY, pool_size: int = 5,
+                 max_batch: int = MAX_BATCH) -> None:
         self.number = number
         self.state = state
         self.url = url
@@ -173,6 +179,7 @@ class PgFleet:
         self.heartbeat_interval = heartbeat
         self.lease = lease
         self.snapshot_every = snapshot_every
+        self.max_batch = max(1, max_batch)
         self.presence = FleetPresence(self)
         #: Called with (op, result) for each durable operation applied live
         #: (our own writes and other trackers' caught up while serving; not
@@ -352,7 +359,12 @@ class PgFleet:
     # -- writes ------------------------------------------------------------------------
 
     def propose(self, op: dict) -> defer.Deferred:
-        """Validate and log ``op`` for the whole fleet (one transaction); fires with its result."""
+        """Validate and log ``op`` for the whole fleet; fires with its result.
+
+        Writes proposed while a transaction is in flight go together in the
+        next one (up to ``max_batch``): each is validated in order by
+        :meth:`TrackerState.apply` and answered with its own result; a refused
+        one is left out and changes nothing."""
         if self._stopped:
             return defer.fail(DatabaseUnavailable())
         d = defer.Deferred()
@@ -366,19 +378,24 @@ class PgFleet:
             self._writing = False
             return
         self._writing = True
-        op, d = self._writes.popleft()
+        batch = [self._writes.popleft() for _ in range(min(len(self._writes), self.max_batch))]
 
-        def finished(result):
-            # Move the queue on first: the caller's callbacks may propose (and wait for) more writes.
+        def finished(outcomes):
+            # Move the queue on first: the callers' callbacks may propose (and wait for) more writes.
             self.clock.callLater(0, self._next_write)
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(result)
-        self._write(op).addBoth(finished)
+            if isinstance(outcomes, Failure):           # the whole batch failed (the database)
+                outcomes = [outcomes] * len(batch)
+            for (_op, d), outcome in zip(batch, outcomes):
+                if isinstance(outcome, Failure):
+                    d.errback(outcome.value)
+                else:
+                    d.callback(outcome)
+        self._write([op for op, _d in batch]).addBoth(finished)
 
     @defer.inlineCallbacks
-    def _write(self, op: dict):
+    def _write(self, ops: List[dict]):
+        """One transaction for ``ops`` (a group commit): each validated in order, the
+        valid ones logged together; returns each op's result or its Failure."""
         if self._stale:
             yield self._reload()
         try:
@@ -395,20 +412,38 @@ class PgFleet:
             self._stale = True
             yield self._in_pool(self._writer.rollback)
             raise DatabaseUnavailable()
+        outcomes: list = []
+        logged: List[dict] = []
         try:
-            if op.get("op", "").startswith("presence_"):
-                apply_entry(self.state, op, self.number)    # our own sessions are local already
-                result = {}
-            else:
-                result = self.state.apply(op)       # the one place the rules are checked
-        except MbtError:
+            for op in ops:
+                try:
+                    if op.get("op", "").startswith("presence_"):
+                        apply_entry(self.state, op, self.number)    # our own sessions are local already
+                        result = {}
+                    else:
+                        result = self.state.apply(op)       # the one place the rules are checked
+                except MbtError as e:
+                    # Refused: it changed nothing (memory or database); the others go on.
+                    outcomes.append(Failure(e))
+                    continue
+                outcomes.append(result)
+                logged.append(op)
+        except Exception:
+            # A bug, not a refusal: memory may hold part of the batch; the database decides.
+            self._stale = True
             yield self._in_pool(self._writer.rollback)
             raise
-        seq = head + 1
-        self.head = seq
+        if not logged:
+            try:
+                yield self._in_pool(self._writer.rollback)
+            except DatabaseUnavailable:
+                self._db_failed()       # nothing was written; each refusal still stands
+            return outcomes
+        first = head + 1
+        self.head = head + len(logged)
         inflight = self._inflight = defer.Deferred()
         try:
-            yield self._in_pool(self._writer.append, seq, op)
+            yield self._in_pool(self._writer.append_many, first, logged)
         except Exception:
             # Maybe committed, maybe not: the database decides; reload from it.
             self._stale = True
@@ -417,11 +452,13 @@ class PgFleet:
         finally:
             self._inflight = None
             inflight.callback(None)
-        if seq % self.snapshot_every == 0:
-            self._take_snapshot(seq)
-        if not op.get("op", "").startswith("presence_"):
-            self._applied_live(op, result)
-        return result
+        multiple = self.head // self.snapshot_every * self.snapshot_every
+        if multiple >= first:
+            self._take_snapshot(multiple)
+        for op, outcome in zip(ops, outcomes):
+            if not isinstance(outcome, Failure) and not op.get("op", "").startswith("presence_"):
+                self._applied_live(op, outcome)
+        return outcomes
 
     def _applied_live(self, op: dict, result: dict) -> None:
         try:

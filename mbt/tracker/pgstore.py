@@ -176,10 +176,18 @@ class PgLog:
 
     def append(self, seq: int, op: dict) -> None:
         """Finish a write begun by :meth:`lock_tail`: store ``op`` as ``seq`` and commit."""
+        self.append_many(seq, [op])
+
+    def append_many(self, first: int, ops: List[dict]) -> None:
+        """Finish a write begun by :meth:`lock_tail`: store ``ops`` as ``first``,
+        ``first + 1``, ... and commit them together (a group commit)."""
+        rows = [(first + i, _dumps(op)) for i, op in enumerate(ops)]
+
         def run(conn):
             try:
-                conn.execute("INSERT INTO mbt_log (seq, op) VALUES (%s, %s)", (seq, _dumps(op)))
-                conn.execute("UPDATE mbt_head SET seq = %s WHERE id = 1", (seq,))
+                with conn.cursor() as cur:
+                    cur.executemany("INSERT INTO mbt_log (seq, op) VALUES (%s, %s)", rows)
+                conn.execute("UPDATE mbt_head SET seq = %s WHERE id = 1", (first + len(rows) - 1,))
                 conn.execute("COMMIT")
             except Exception:
                 self._rollback_quietly(conn)
