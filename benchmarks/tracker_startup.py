@@ -18,7 +18,7 @@ What it does:
      after the newest snapshot to replay.
    * ``--store postgresql://...`` (an empty database) or ``--store pgserver``
      (a throwaway server started like the tests', ``tests/pgserver.py``):
-     every operation copied into ``mbt_log`` as ``PgLog.append`` encodes it,
+     every operation copied into ``mbt_log`` as ``PgLog.append_many`` encodes it,
      ``mbt_head`` set, and the snapshot at the newest multiple of
      ``mbt.tracker.pgfleet.SNAPSHOT_EVERY`` up to ``--ops`` saved by
      ``PgLog.save_snapshot`` (which deletes the older log rows as a tracker's

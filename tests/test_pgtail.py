@@ -18,7 +18,7 @@ from mbt.tracker.pgtail import PgTail, check_tail
 def _log_ops(db: PgLog, count: int) -> int:
     for _ in range(count):
         head, _rows = db.lock_tail(db.head())
-        db.append(head + 1, {"op": "create_group", "user": "u", "group": "g%d" % (head + 1)})
+        db.append_many(head + 1, [{"op": "create_group", "user": "u", "group": "g%d" % (head + 1)}])
     return db.head()
 
 

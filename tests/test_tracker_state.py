@@ -695,7 +695,7 @@ def _store_roundtrip(kind, tmp_path, request, ops):
         db.ensure_schema()
         for op in ops:
             head, _rows = db.lock_tail(db.head())
-            db.append(head + 1, op)
+            db.append_many(head + 1, [op])
         _base, text, rows = db.load()
         return rebuild(text, rows, None)
     finally:

@@ -174,10 +174,6 @@ class PgLog:
             return head, rows
         return self._run(run)
 
-    def append(self, seq: int, op: dict) -> None:
-        """Finish a write begun by :meth:`lock_tail`: store ``op`` as ``seq`` and commit."""
-        self.append_many(seq, [op])
-
     def append_many(self, first: int, ops: List[dict]) -> None:
         """Finish a write begun by :meth:`lock_tail`: store ``ops`` as ``first``,
         ``first + 1``, ... and commit them together (a group commit)."""
